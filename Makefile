@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Each creates and
+# reuses .venv on its own; torch is installed first from the CPU build
+# (torch==2.13.0) so that no CUDA packages are pulled in.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fedsim-installed
+
+.PHONY: demo test lint venv
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fedsim run scenarios/quickstart.toml
+
+lint: $(STAMP)
+	$(BIN)/ruff check fedsim tests strategies benchmarks scenarios
+	$(BIN)/ruff format --check fedsim tests strategies benchmarks scenarios
+	$(BIN)/mypy fedsim
+
+test: lint
+	$(BIN)/python -m pytest fedsim tests strategies -q

@@ -1,0 +1,397 @@
+"""The scenario file: TOML in, a validated :class:`Scenario` out.
+
+Everything a run depends on is in one scenario file (plus ``--set`` overrides),
+and it is checked before anything starts: a wrong key, a wrong type, an
+out-of-range value or a missing file stops with one line naming the file, the
+key and what was expected. This module owns the common tables; the tables whose
+keys depend on a choice (the dataset's own options, a model's options, a
+participation pattern's parameters, a strategy's constructor options) are
+validated by the module that owns that choice, with the same kind of message.
+The reference for every key is docs/scenario.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsim.errors import ScenarioError
+
+TOP_LEVEL = {
+    "name",
+    "seed",
+    "rounds",
+    "data",
+    "model",
+    "client",
+    "participation",
+    "strategy",
+    "engine",
+    "evaluate",
+    "checkpoint",
+}
+DATA_COMMON = {
+    "dataset",
+    "num_clients",
+    "partition",
+    "alpha",
+    "dirichlet_method",
+    "shards_per_client",
+    "test_fraction",
+    "client_test_fraction",
+}
+CLIENT_KEYS = {
+    "local_steps",
+    "local_epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "app",
+    "config",
+    "device",
+}
+ENGINE_KEYS = {
+    "kind",
+    "num_cpus_per_client",
+    "num_gpus_per_client",
+    "ray_address",
+    "num_actors",
+    "timeout",
+    "server_device",
+}
+EVALUATE_KEYS = {"every", "central", "federated", "batch_size"}
+CHECKPOINT_KEYS = {"every"}
+ENGINE_KINDS = ("ray", "flower")
+
+
+class _Reader:
+    """Typed, range-checked access to one table of the scenario."""
+
+    def __init__(self, source: str, prefix: str, table: Mapping[str, Any]) -> None:
+        self.source = source
+        self.prefix = prefix
+        self.table = table
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, expected: str, got: object = ...) -> ScenarioError:
+        return ScenarioError(self.source, self.key(name), expected, got=got)
+
+    def only(self, allowed: set[str]) -> None:
+        for name in self.table:
+            if name not in allowed:
+                raise self.fail(name, f"one of the known keys ({', '.join(sorted(allowed))})")
+
+    def integer(self, name: str, default: int | None, *, minimum: int | None = None) -> int:
+        value = self.table.get(name, default)
+        if value is None:
+            raise self.fail(name, "an integer (this key is required)")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(name, "an integer", value)
+        if minimum is not None and value < minimum:
+            raise self.fail(name, f"an integer >= {minimum}", value)
+        return value
+
+    def optional_integer(self, name: str, *, minimum: int) -> int | None:
+        return self.integer(name, None, minimum=minimum) if name in self.table else None
+
+    def number(
+        self,
+        name: str,
+        default: float,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        open_maximum: bool = False,
+        open_minimum: bool = False,
+    ) -> float:
+        value = self.table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise self.fail(name, "a number", value)
+        low = minimum is None or (value > minimum if open_minimum else value >= minimum)
+        high = maximum is None or (value < maximum if open_maximum else value <= maximum)
+        if not (low and high):
+            lo = "" if minimum is None else ("(" if open_minimum else "[") + f"{minimum}"
+            hi = "" if maximum is None else f"{maximum}" + (")" if open_maximum else "]")
+            if minimum is not None and maximum is not None:
+                expected = f"a number in {lo}, {hi}"
+            elif minimum is not None:
+                expected = f"a number {'>' if open_minimum else '>='} {minimum}"
+            else:
+                expected = f"a number {'<' if open_maximum else '<='} {maximum}"
+            raise self.fail(name, expected, value)
+        return float(value)
+
+    def text(self, name: str, default: str | None, *, choices: tuple[str, ...] = ()) -> str:
+        value = self.table.get(name, default)
+        if value is None:
+            raise self.fail(name, "a string (this key is required)")
+        if not isinstance(value, str):
+            raise self.fail(name, "a string", value)
+        if choices and value not in choices:
+            raise self.fail(name, f"one of {', '.join(choices)}", value)
+        return value
+
+    def optional_text(self, name: str) -> str | None:
+        return self.text(name, None) if name in self.table else None
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.table.get(name, default)
+        if not isinstance(value, bool):
+            raise self.fail(name, "true or false", value)
+        return value
+
+    def subtable(self, name: str) -> dict[str, Any]:
+        value = self.table.get(name, {})
+        if not isinstance(value, dict):
+            raise self.fail(name, "a table", value)
+        return value
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str | None
+    num_clients: int
+    partition: str
+    alpha: float
+    dirichlet_method: str
+    shards_per_client: int
+    test_fraction: float
+    client_test_fraction: float
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    local_steps: int | None
+    local_epochs: int | None
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    app: str | None
+    config: dict[str, Any]
+    device: str
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    kind: str
+    num_cpus_per_client: float
+    num_gpus_per_client: float
+    ray_address: str | None
+    num_actors: int | None
+    timeout: float
+    server_device: str
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    every: int
+    central: bool
+    federated: bool
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario. ``raw`` is the resolved table written next to the results."""
+
+    source: str
+    base_dir: Path
+    name: str
+    seed: int
+    rounds: int
+    data: DataConfig
+    model: dict[str, Any]
+    client: ClientConfig
+    participation: dict[str, Any]
+    strategy: dict[str, Any]
+    engine: EngineConfig
+    evaluate: EvaluateConfig
+    checkpoint_every: int
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def strategy_name(self) -> str:
+        return str(self.strategy["name"])
+
+    @property
+    def strategy_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.strategy.items() if k != "name"}
+
+
+def parse_override(text: str, source: str = "--set") -> tuple[str, Any]:
+    """``"a.b=value"`` → ``("a.b", value)``, the value read as TOML, else as a string.
+
+    >>> parse_override("client.lr=0.05"), parse_override("strategy.name=fedau")
+    (('client.lr', 0.05), ('strategy.name', 'fedau'))
+    """
+    key, sep, value_text = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ScenarioError(source, text, "key=value with a dotted key such as client.lr=0.1")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text
+    return key, value
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[tuple[str, Any]], source: str
+) -> dict[str, Any]:
+    """A copy of ``raw`` with each dotted key set (tables created as needed)."""
+    result = copy.deepcopy(raw)
+    for key, value in overrides:
+        parts = key.split(".")
+        table = result
+        for depth, part in enumerate(parts[:-1]):
+            child = table.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ScenarioError(source, ".".join(parts[: depth + 1]), "a table", got=child)
+            table = child
+        table[parts[-1]] = value
+    return result
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML table of ``path``; a missing file or bad syntax is a ScenarioError."""
+    if not path.is_file():
+        raise ScenarioError(path, "(file)", "an existing scenario file")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ScenarioError(path, "(syntax)", f"valid TOML ({error})") from error
+    except UnicodeDecodeError as error:
+        raise ScenarioError(path, "(file)", "a UTF-8 text file") from error
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override and validate a scenario file."""
+    path = Path(path)
+    raw = read_toml(path)
+    parsed = [parse_override(text) for text in overrides or []]
+    raw = apply_overrides(raw, parsed, str(path))
+    return scenario_from_dict(raw, source=str(path), base_dir=path.parent)
+
+
+def scenario_from_dict(
+    raw: dict[str, Any], *, source: str = "<scenario>", base_dir: Path | None = None
+) -> Scenario:
+    """Validate a scenario given as a dict (the parsed TOML)."""
+    base_dir = Path.cwd() if base_dir is None else base_dir
+    top = _Reader(source, "", raw)
+    top.only(TOP_LEVEL)
+    name = top.text("name", Path(source).stem if source != "<scenario>" else "run")
+    seed = top.integer("seed", 0, minimum=0)
+    rounds = top.integer("rounds", None, minimum=1)
+
+    client = _client(_Reader(source, "client", top.subtable("client")))
+    data = _data(_Reader(source, "data", top.subtable("data")), user_app=client.app is not None)
+    model = dict(top.subtable("model"))
+    if client.app is None and not model:
+        raise ScenarioError(source, "model", "a [model] table with name or factory")
+
+    participation = dict(top.subtable("participation"))
+    participation.setdefault("pattern", "always")
+    strategy = dict(top.subtable("strategy"))
+    strategy.setdefault("name", "fedavg")
+    if not isinstance(strategy["name"], str) or not strategy["name"]:
+        raise ScenarioError(source, "strategy.name", "a strategy name", got=strategy["name"])
+
+    engine = _engine(_Reader(source, "engine", top.subtable("engine")))
+    evaluate_reader = _Reader(source, "evaluate", top.subtable("evaluate"))
+    evaluate_reader.only(EVALUATE_KEYS)
+    evaluate = EvaluateConfig(
+        every=evaluate_reader.integer("every", 1, minimum=0),
+        central=evaluate_reader.boolean("central", data.dataset is not None),
+        federated=evaluate_reader.boolean("federated", False),
+        batch_size=evaluate_reader.integer("batch_size", 512, minimum=1),
+    )
+    if evaluate.central and data.dataset is None:
+        raise ScenarioError(source, "evaluate.central", "false when [data] has no dataset")
+    checkpoint_reader = _Reader(source, "checkpoint", top.subtable("checkpoint"))
+    checkpoint_reader.only(CHECKPOINT_KEYS)
+    checkpoint_every = checkpoint_reader.integer("every", 10, minimum=0)
+
+    return Scenario(
+        source=source,
+        base_dir=base_dir,
+        name=name,
+        seed=seed,
+        rounds=rounds,
+        data=data,
+        model=model,
+        client=client,
+        participation=participation,
+        strategy=strategy,
+        engine=engine,
+        evaluate=evaluate,
+        checkpoint_every=checkpoint_every,
+        raw=copy.deepcopy(raw),
+    )
+
+
+def _data(reader: _Reader, *, user_app: bool) -> DataConfig:
+    dataset = reader.optional_text("dataset")
+    if dataset is None and not user_app:
+        raise reader.fail("dataset", "a dataset name (see `fedsim list`)")
+    return DataConfig(
+        dataset=dataset,
+        num_clients=reader.integer("num_clients", None, minimum=1),
+        partition=reader.text(
+            "partition", "iid", choices=("iid", "dirichlet", "shards", "natural")
+        ),
+        alpha=reader.number("alpha", 0.5, minimum=0.0, open_minimum=True),
+        dirichlet_method=reader.text(
+            "dirichlet_method", "chunks", choices=("chunks", "per-client")
+        ),
+        shards_per_client=reader.integer("shards_per_client", 2, minimum=1),
+        test_fraction=reader.number("test_fraction", 0.2, minimum=0.0, maximum=1.0, open_maximum=True),
+        client_test_fraction=reader.number(
+            "client_test_fraction", 0.0, minimum=0.0, maximum=1.0, open_maximum=True
+        ),
+        options={k: v for k, v in reader.table.items() if k not in DATA_COMMON},
+    )
+
+
+def _client(reader: _Reader) -> ClientConfig:
+    reader.only(CLIENT_KEYS)
+    local_steps = reader.optional_integer("local_steps", minimum=1)
+    local_epochs = reader.optional_integer("local_epochs", minimum=1)
+    if local_steps is not None and local_epochs is not None:
+        raise reader.fail("local_steps", "either local_steps or local_epochs, not both")
+    if local_steps is None and local_epochs is None:
+        local_epochs = 1
+    return ClientConfig(
+        local_steps=local_steps,
+        local_epochs=local_epochs,
+        batch_size=reader.integer("batch_size", 32, minimum=1),
+        lr=reader.number("lr", 0.01, minimum=0.0, open_minimum=True),
+        momentum=reader.number("momentum", 0.0, minimum=0.0, maximum=1.0, open_maximum=True),
+        weight_decay=reader.number("weight_decay", 0.0, minimum=0.0),
+        app=reader.optional_text("app"),
+        config=reader.subtable("config"),
+        device=reader.text("device", "auto"),
+    )
+
+
+def _engine(reader: _Reader) -> EngineConfig:
+    reader.only(ENGINE_KEYS)
+    return EngineConfig(
+        kind=reader.text("kind", "ray", choices=ENGINE_KINDS),
+        num_cpus_per_client=reader.number("num_cpus_per_client", 1.0, minimum=0.0, open_minimum=True),
+        num_gpus_per_client=reader.number("num_gpus_per_client", 0.0, minimum=0.0),
+        ray_address=reader.optional_text("ray_address"),
+        num_actors=reader.optional_integer("num_actors", minimum=1),
+        timeout=reader.number("timeout", 3600.0, minimum=0.0, open_minimum=True),
+        server_device=reader.text("server_device", "auto"),
+    )

@@ -1,0 +1,153 @@
+"""The participation pattern in front of a Grid: only reachable nodes exist this round.
+
+Participation belongs to the simulated environment, not to the strategy, so it
+is enforced here, below any strategy: ``get_node_ids`` lists only the nodes the
+pattern makes reachable in the current round, exactly as real Flower nodes come
+and go, and in-round faults (a selected client dropping out, a straggler
+missing the deadline) remove replies before the strategy sees them. Every
+message and its fate is logged per (round, client) for ``participation.parquet``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Message, RecordDict
+from flwr.common import MessageType
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+from fedsim.errors import RunError
+
+# Flower's sample_nodes re-asks get_node_ids once a second while too few nodes are
+# connected; within a round nothing changes, so repeated asking means it would wait forever.
+MAX_REPEATED_NODE_QUERIES = 5
+
+
+@dataclass
+class RoundLog:
+    """What happened to every client in one round (client ids, not node ids)."""
+
+    available: np.ndarray
+    selected: set[int] = field(default_factory=set)
+    replied: set[int] = field(default_factory=set)
+    failed: dict[int, str] = field(default_factory=dict)
+    dropped: set[int] = field(default_factory=set)
+    late: dict[int, float] = field(default_factory=dict)
+
+
+class ReachableGrid(Grid):
+    """Wraps a Grid; ``begin_round`` sets which clients are reachable."""
+
+    def __init__(
+        self,
+        inner: Grid,
+        *,
+        node_of_client: dict[int, int],
+        reachable: Callable[[int], np.ndarray],
+        faults: object | None = None,
+    ) -> None:
+        self.inner = inner
+        self.node_of_client = node_of_client
+        self.client_of_node = {node: client for client, node in node_of_client.items()}
+        self._reachable = reachable
+        self.faults = faults
+        self.round = 0
+        self.log = RoundLog(available=np.zeros(0, np.int64))
+        self._node_queries = 0
+
+    def begin_round(self, server_round: int) -> RoundLog:
+        self.round = server_round
+        self.log = RoundLog(available=np.asarray(self._reachable(server_round), dtype=np.int64))
+        self._nodes = [self.node_of_client[int(c)] for c in self.log.available]
+        self._node_queries = 0
+        return self.log
+
+    # --- Grid interface (delegated) -----------------------------------------
+
+    def set_run(self, run: Run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        self._node_queries += 1
+        if self._node_queries > MAX_REPEATED_NODE_QUERIES:
+            raise RunError(
+                f"round {self.round}: the strategy keeps waiting for more nodes than the "
+                f"{len(self._nodes)} reachable ones; set its min_*_nodes options to 0"
+            )
+        return list(self._nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(self._admit(list(messages)))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._note_replies(self.inner.pull_messages(message_ids))
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        admitted = self._admit(list(messages))
+        return self._note_replies(self.inner.send_and_receive(admitted, timeout=timeout))
+
+    # --- participation --------------------------------------------------------
+
+    def _admit(self, messages: list[Message]) -> list[Message]:
+        """Messages to unreachable nodes are refused; faults may swallow train replies."""
+        self._node_queries = 0
+        reachable = set(self._nodes)
+        for message in messages:
+            if message.metadata.dst_node_id not in reachable:
+                raise RunError(
+                    f"round {self.round}: the strategy sent a message to node "
+                    f"{message.metadata.dst_node_id}, which is not reachable in this round"
+                )
+        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        clients = np.array([self.client_of_node[m.metadata.dst_node_id] for m in train], np.int64)
+        self.log.selected.update(int(c) for c in clients)
+        if self.faults is None or not len(clients):
+            return messages
+        outcome = self.faults.outcome(self.round, clients)  # type: ignore[attr-defined]
+        lost = set()
+        for client, dropped, late, latency in zip(
+            clients, outcome.dropped, outcome.late, outcome.latency, strict=True
+        ):
+            if dropped:
+                self.log.dropped.add(int(client))
+                lost.add(int(client))
+            elif late:
+                self.log.late[int(client)] = float(latency)
+                lost.add(int(client))
+        return [
+            m
+            for m in messages
+            if m.metadata.message_type != MessageType.TRAIN
+            or self.client_of_node[m.metadata.dst_node_id] not in lost
+        ]
+
+    def _note_replies(self, replies: Iterable[Message]) -> list[Message]:
+        replies = list(replies)
+        for reply in replies:
+            if reply.metadata.message_type != MessageType.TRAIN:
+                continue
+            client = self.client_of_node[reply.metadata.src_node_id]
+            if reply.has_error():
+                self.log.failed[client] = reply.error.reason
+            else:
+                self.log.replied.add(client)
+        return replies

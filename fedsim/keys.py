@@ -1,0 +1,35 @@
+"""Every record, config and metric key fedsim puts in a Flower message or a results table.
+
+Flower messages are stringly typed; keeping the strings in one module means a
+typo is a NameError, and a plugin author has one place to look.
+"""
+
+from __future__ import annotations
+
+# RecordDict entries of train/evaluate messages (the names Flower's strategies use).
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# ConfigRecord entries sent by the server.
+SERVER_ROUND = "server-round"
+
+# MetricRecord entries replied by clients.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train_loss"
+EVAL_LOSS = "eval_loss"
+EVAL_ACCURACY = "eval_accuracy"
+
+# Context.node_config entries, exactly as Flower's simulation engine sets them.
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+
+# Context.state entries the fedsim ClientApp keeps between rounds.
+STREAM_STATE = "fedsim.stream"
+
+# Results tables.
+PHASE_TRAIN = "train"
+PHASE_EVALUATE = "evaluate"
+PHASE_CENTRAL = "central"
+PHASE_SERVER = "server"
+PHASE_TIMING = "timing"

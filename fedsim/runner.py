@@ -1,0 +1,368 @@
+"""One run, start to finish: scenario → data → engine → rounds → results on disk.
+
+:func:`prepare` does everything that needs no engine (load and partition the
+data once into a memory-mapped store, build the initial model, the
+participation pattern and the ClientApp); :func:`run_scenario` starts the
+chosen engine, discovers the node ↔ client mapping, builds the strategy and
+runs the round loop, writing results as it goes.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+
+from fedsim import keys
+from fedsim.client_app import (
+    WHOAMI,
+    ClientSpec,
+    HookedClientApp,
+    evaluate_arrays,
+    make_client_app,
+    resolve_device,
+)
+from fedsim.client_data import ClientDataStore
+from fedsim.config import Scenario
+from fedsim.datasets import load_dataset
+from fedsim.engine.reachable import ReachableGrid
+from fedsim.errors import ScenarioError
+from fedsim.loop import LoopSettings, run_rounds
+from fedsim.models import build_model
+from fedsim.participation import build_faults, build_pattern
+from fedsim.partition import label_distribution, partition_indices, split_each
+from fedsim.plugins import load_object
+from fedsim.results import FINAL_MODEL_FILE, RunWriter, atomic_write_bytes
+from fedsim.seeding import rng
+from fedsim.strategies import build_strategy
+
+DATA_DIR = "client_data"
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs before an engine starts."""
+
+    scenario: Scenario
+    run_dir: Path
+    app: ClientApp
+    initial_arrays: ArrayRecord | None
+    model: torch.nn.Module | None
+    store: ClientDataStore | None
+    pattern: Any
+    faults: Any
+
+
+def prepare_data(scenario: Scenario, directory: Path) -> ClientDataStore:
+    """Load, partition and store the scenario's data once (memory-mapped afterwards)."""
+    data = scenario.data
+    assert data.dataset is not None
+    dataset = load_dataset(
+        data.dataset,
+        data.options,
+        seed=scenario.seed,
+        num_clients=data.num_clients,
+        test_fraction=data.test_fraction,
+        source=scenario.source,
+        base_dir=scenario.base_dir,
+    )
+    if data.partition == "natural" and dataset.natural_partition is None:
+        raise ScenarioError(
+            scenario.source, "data.partition", f"not natural: {data.dataset} has no own clients"
+        )
+    parts = partition_indices(
+        dataset.y_train,
+        data.num_clients,
+        data.partition,
+        rng=rng(scenario.seed, "partition"),
+        alpha=data.alpha,
+        dirichlet_method=data.dirichlet_method,
+        shards_per_client=data.shards_per_client,
+        natural=dataset.natural_partition,
+    )
+    train_parts, test_parts = split_each(
+        parts, data.client_test_fraction, rng(scenario.seed, "client-test-split")
+    )
+    return ClientDataStore.write(directory, dataset, train_parts, test_parts)
+
+
+def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
+    store = None
+    model = None
+    initial = None
+    labels = None
+    if scenario.data.dataset is not None:
+        store = prepare_data(scenario, run_dir / DATA_DIR)
+        counts = store.label_counts().astype(float)
+        totals = counts.sum(axis=1, keepdims=True)
+        labels = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    if scenario.model and store is not None:
+        model = build_model(
+            scenario.model,
+            input_shape=store.input_shape,
+            num_classes=store.num_classes,
+            seed=scenario.seed,
+            source=scenario.source,
+            base_dir=scenario.base_dir,
+        )
+        initial = ArrayRecord(model.state_dict())
+    pattern = build_pattern(
+        scenario.participation,
+        num_clients=scenario.data.num_clients,
+        seed=scenario.seed,
+        label_distribution=labels,
+        source=scenario.source,
+        base_dir=scenario.base_dir,
+    )
+    faults = build_faults(
+        scenario.participation,
+        num_clients=scenario.data.num_clients,
+        seed=scenario.seed,
+        source=scenario.source,
+        base_dir=scenario.base_dir,
+    )
+    if scenario.client.app is not None:
+        app = load_object(
+            scenario.client.app, base_dir=scenario.base_dir, source=scenario.source, key="client.app"
+        )
+        if not isinstance(app, ClientApp):
+            raise ScenarioError(scenario.source, "client.app", "a flwr ClientApp", got=type(app).__name__)
+    else:
+        if store is None:
+            raise ScenarioError(scenario.source, "data.dataset", "a dataset for fedsim's ClientApp")
+        client = scenario.client
+        app = make_client_app(
+            ClientSpec.make(
+                model=scenario.model,
+                data_dir=str(store.directory),
+                input_shape=store.input_shape,
+                num_classes=store.num_classes,
+                seed=scenario.seed,
+                source=scenario.source,
+                base_dir=str(scenario.base_dir),
+                local_steps=client.local_steps,
+                local_epochs=client.local_epochs,
+                batch_size=client.batch_size,
+                lr=client.lr,
+                momentum=client.momentum,
+                weight_decay=client.weight_decay,
+                eval_batch_size=scenario.evaluate.batch_size,
+                device=client.device,
+            )
+        )
+    if initial is None:
+        raise ScenarioError(
+            scenario.source, "model", "a [model] and a [data] dataset (the server's initial model)"
+        )
+    return Prepared(
+        scenario=scenario,
+        run_dir=run_dir,
+        app=HookedClientApp(app, scenario.client.config),
+        initial_arrays=initial,
+        model=model,
+        store=store,
+        pattern=pattern,
+        faults=faults,
+    )
+
+
+def central_evaluator(prepared: Prepared, device: torch.device) -> Callable[[int, ArrayRecord], dict[str, float]] | None:
+    """Test-set loss and accuracy of the global model, on the server device."""
+    if not prepared.scenario.evaluate.central or prepared.model is None or prepared.store is None:
+        return None
+    model = prepared.model.to(device)
+    x, y = prepared.store.central_test()
+    batch_size = prepared.scenario.evaluate.batch_size
+
+    def evaluate(_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        state = {name: torch.from_numpy(arrays[name].numpy()) for name in arrays}
+        model.load_state_dict(state)
+        loss, accuracy = evaluate_arrays(model, x, y, device=device, batch_size=batch_size)
+        return {"loss": loss, "accuracy": accuracy}
+
+    return evaluate
+
+
+def discover_nodes(grid: Grid, timeout: float) -> dict[int, int]:
+    """Ask every node its partition id (Flower's engine assigns random node ids)."""
+    nodes = sorted(grid.get_node_ids())
+    messages = [Message(RecordDict({keys.CONFIG: ConfigRecord()}), node, WHOAMI) for node in nodes]
+    mapping: dict[int, int] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+        record: MetricRecord = reply.content[keys.METRICS]
+        mapping[int(record[keys.PARTITION_ID])] = reply.metadata.src_node_id
+    return mapping
+
+
+def run_session(
+    prepared: Prepared,
+    grid: Grid,
+    node_of_client: dict[int, int],
+    writer: RunWriter,
+    on_round_end: Callable[[int, float | None], None] | None = None,
+) -> ArrayRecord:
+    """Build the strategy for this grid and run every round."""
+    scenario = prepared.scenario
+    server_device = resolve_device(scenario.engine.server_device)
+    reachable = ReachableGrid(
+        grid,
+        node_of_client=node_of_client,
+        reachable=prepared.pattern.reachable,
+        faults=prepared.faults,
+    )
+    context: dict[str, Any] = {
+        "num_clients": scenario.data.num_clients,
+        "seed": scenario.seed,
+        "device": str(server_device),
+    }
+    probabilities = getattr(prepared.pattern, "probabilities", None)
+    if probabilities is not None:
+        context["participation_probabilities"] = {
+            node_of_client[c]: float(p) for c, p in enumerate(probabilities)
+        }
+    strategy = build_strategy(
+        scenario.strategy_name,
+        scenario.strategy_options,
+        context=context,
+        source=scenario.source,
+        base_dir=scenario.base_dir,
+    )
+    settings = LoopSettings(
+        rounds=scenario.rounds,
+        seed=scenario.seed,
+        timeout=scenario.engine.timeout,
+        evaluate_every=scenario.evaluate.every,
+        central=central_evaluator(prepared, server_device),
+        federated=scenario.evaluate.federated,
+        train_config={},
+    )
+
+    def round_end(rnd: int, _arrays: ArrayRecord) -> None:
+        if scenario.checkpoint_every and rnd % scenario.checkpoint_every == 0:
+            writer.flush()
+        if on_round_end is not None:
+            on_round_end(rnd, writer.latest(keys.PHASE_CENTRAL, "accuracy"))
+
+    assert prepared.initial_arrays is not None
+    return run_rounds(
+        grid=reachable,
+        strategy=strategy,
+        arrays=prepared.initial_arrays,
+        settings=settings,
+        writer=writer,
+        on_round_end=round_end,
+    )
+
+
+def default_num_actors(scenario: Scenario, resources: dict[str, float]) -> int:
+    engine = scenario.engine
+    if engine.num_actors is not None:
+        return min(engine.num_actors, scenario.data.num_clients)
+    by_cpu = int(resources.get("CPU", 1) // engine.num_cpus_per_client)
+    count = by_cpu
+    if engine.num_gpus_per_client > 0:
+        count = min(count, int(resources.get("GPU", 0) // engine.num_gpus_per_client))
+    return max(1, min(count, scenario.data.num_clients))
+
+
+def run_on_ray(prepared: Prepared, writer: RunWriter, on_round_end: Any) -> ArrayRecord:
+    import ray
+
+    from fedsim.engine.identity import node_id_of
+    from fedsim.engine.ray_grid import RayGrid
+
+    scenario = prepared.scenario
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(
+            address=scenario.engine.ray_address,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=True,
+        )
+    grid = RayGrid(
+        prepared.app,
+        num_clients=scenario.data.num_clients,
+        num_actors=default_num_actors(scenario, ray.cluster_resources()),
+        num_cpus_per_actor=scenario.engine.num_cpus_per_client,
+        num_gpus_per_actor=scenario.engine.num_gpus_per_client,
+    )
+    try:
+        mapping = {c: node_id_of(c) for c in range(scenario.data.num_clients)}
+        return run_session(prepared, grid, mapping, writer, on_round_end)
+    finally:
+        grid.shutdown()
+        if started_ray:
+            ray.shutdown()
+
+
+def run_on_flower(prepared: Prepared, writer: RunWriter, on_round_end: Any) -> ArrayRecord:
+    """The same scenario through Flower's own ``run_simulation`` (for parity checks)."""
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    scenario = prepared.scenario
+    outcome: dict[str, Any] = {}
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            mapping = discover_nodes(grid, scenario.engine.timeout)
+            outcome["arrays"] = run_session(prepared, grid, mapping, writer, on_round_end)
+        except BaseException as error:  # re-raised in the caller's thread
+            outcome["error"] = error
+
+    resources: dict[str, float] = {"num_cpus": scenario.engine.num_cpus_per_client}
+    if scenario.engine.num_gpus_per_client:
+        resources["num_gpus"] = scenario.engine.num_gpus_per_client
+    run_simulation(
+        server_app=app,
+        client_app=prepared.app,
+        num_supernodes=scenario.data.num_clients,
+        backend_config={"client_resources": resources, "init_args": {"logging_level": "ERROR"}},
+    )
+    if "error" in outcome:
+        raise outcome["error"]
+    if "arrays" not in outcome:
+        raise RuntimeError("Flower's run_simulation ended without running the scenario")
+    arrays: ArrayRecord = outcome["arrays"]
+    return arrays
+
+
+def run_scenario(
+    scenario: Scenario,
+    run_dir: Path,
+    *,
+    on_round_end: Callable[[int, float | None], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Run a scenario into ``run_dir``; returns the directory and the summary."""
+    started = time.time()
+    writer = RunWriter(run_dir, scenario.raw)
+    prepared = prepare(scenario, run_dir)
+    engine = run_on_flower if scenario.engine.kind == "flower" else run_on_ray
+    arrays = engine(prepared, writer, on_round_end)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: arrays[name].numpy() for name in arrays})
+    atomic_write_bytes(run_dir / FINAL_MODEL_FILE, buffer.getvalue())
+    summary = {
+        "name": scenario.name,
+        "rounds": scenario.rounds,
+        "engine": scenario.engine.kind,
+        "wall_time_s": time.time() - started,
+        "final_accuracy": writer.latest(keys.PHASE_CENTRAL, "accuracy"),
+        "final_loss": writer.latest(keys.PHASE_CENTRAL, "loss"),
+    }
+    writer.finish(summary)
+    return run_dir, summary

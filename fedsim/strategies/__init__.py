@@ -1,0 +1,135 @@
+"""Server strategies: fedsim's own, Flower's, and plugins.
+
+A ``[strategy]`` table's ``name`` is one of:
+
+- a registry name (``fedavg``, ``fedau``, ``mifa``, ``fedvarp``, …), see ``fedsim list``;
+- ``flwr:ClassName`` — any strategy in ``flwr.serverapp.strategy`` (FedAdam,
+  FedProx, FedMedian, …);
+- ``path/to/file.py:ClassName`` — a plugin file, relative to the scenario;
+- a name registered by an installed package under the entry-point group
+  ``fedsim.strategies``.
+
+The table's other keys are constructor options. Besides those, fedsim fills in
+the keyword parameters a constructor declares from this list:
+``num_clients``, ``seed``, ``device`` and (oracle baselines only)
+``participation_probabilities``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from fedsim.errors import ScenarioError
+from fedsim.plugins import is_file_reference, load_object
+
+ENTRY_POINT_GROUP = "fedsim.strategies"
+REGISTRY: dict[str, str] = {
+    "fedavg": "fedsim.strategies.fedavg:FedAvg",
+    "fedau": "fedsim.strategies.fedau:FedAU",
+    "mifa": "fedsim.strategies.mifa:MIFA",
+    "fedvarp": "fedsim.strategies.fedvarp:FedVARP",
+}
+INJECTABLE = ("num_clients", "seed", "device", "participation_probabilities")
+# Flower's strategies wait (forever) for min_*_nodes nodes; under a participation
+# pattern fewer may be reachable, so fedsim's default is to wait for none.
+FLOWER_NODE_MINIMA = ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes")
+
+
+def _import(target: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def available_strategies() -> list[str]:
+    """Registry names plus installed plugins' names (``fedsim list``)."""
+    plugins = [ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    return sorted({*REGISTRY, *plugins})
+
+
+def resolve_strategy_class(name: str, *, source: str, base_dir: Path) -> type:
+    key = "strategy.name"
+    if name.startswith("flwr:"):
+        import flwr.serverapp.strategy as flower_strategies
+
+        cls = getattr(flower_strategies, name[5:], None)
+        if not isinstance(cls, type):
+            raise ScenarioError(source, key, "a class in flwr.serverapp.strategy", got=name)
+        return cls
+    if is_file_reference(name):
+        cls = load_object(name, base_dir=base_dir, source=source, key=key)
+    elif name in REGISTRY:
+        cls = _import(REGISTRY[name])
+    else:
+        matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not matches:
+            raise ScenarioError(
+                source,
+                key,
+                f"one of {', '.join(available_strategies())}, flwr:<Class> or file.py:<Class>",
+                got=name,
+            )
+        cls = matches[0].load()
+    if not isinstance(cls, type):
+        raise ScenarioError(source, key, "a strategy class", got=name)
+    return cls
+
+
+def declared_parameters(cls: type) -> tuple[set[str], bool]:
+    """Keyword names a class's constructor accepts, following ``**kwargs`` up the MRO.
+
+    Returns the names and whether arbitrary keywords are accepted in the end.
+    """
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        if klass is object:
+            return names, False
+        parameters = inspect.signature(init).parameters
+        names.update(p for p in parameters if p != "self")
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return names, False
+    return names, True
+
+
+def build_strategy(
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    context: Mapping[str, Any],
+    source: str,
+    base_dir: Path,
+) -> Any:
+    """Instantiate a strategy from its scenario options plus injected context.
+
+    ``context`` maps injectable names to values; ``participation_probabilities``
+    is only injected into a strategy that declares it.
+    """
+    cls = resolve_strategy_class(name, source=source, base_dir=base_dir)
+    parameters, accepts_any = declared_parameters(cls)
+    for option in options:
+        if option in INJECTABLE:
+            raise ScenarioError(source, f"strategy.{option}", "no value: fedsim sets it itself")
+        if option not in parameters and not accepts_any:
+            known = sorted(p for p in parameters if p not in INJECTABLE and p != "self")
+            raise ScenarioError(
+                source, f"strategy.{option}", f"an option of {cls.__name__} ({', '.join(known)})"
+            )
+    kwargs = dict(options)
+    for name_ in INJECTABLE:
+        if name_ in parameters and name_ in context:
+            kwargs[name_] = context[name_]
+    if name.startswith("flwr:"):
+        for minimum in FLOWER_NODE_MINIMA:
+            if minimum in parameters:
+                kwargs.setdefault(minimum, 0)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ScenarioError(source, "strategy", f"valid options for {cls.__name__} ({error})")
