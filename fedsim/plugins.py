@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ray import cloudpickle as ray_cloudpickle
-
 from fedsim.errors import ScenarioError
 
 
@@ -60,7 +58,9 @@ def load_object(spec: str, *, base_dir: str | Path, source: str | Path, key: str
                 source, key, f"a file that imports cleanly ({type(error).__name__}: {error})"
             ) from error
         # Ray workers cannot import this module by name: ship its objects by value.
-        ray_cloudpickle.register_pickle_by_value(module)
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
     if not hasattr(module, name):
         raise ScenarioError(source, key, f"{path.name} to define {name!r}", got=spec)
     return getattr(module, name)
