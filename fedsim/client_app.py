@@ -168,8 +168,8 @@ def train(spec: ClientSpec, message: Message, context: Context) -> Message:
             epoch=epoch,
             position=position,
         )
-        x_all = torch.as_tensor(np.asarray(x_np), device=work.device)
-        y_all = torch.as_tensor(np.asarray(y_np), device=work.device)
+        x_all = torch.from_numpy(np.array(x_np)).to(work.device)
+        y_all = torch.from_numpy(np.array(y_np)).to(work.device)
         optimizer = torch.optim.SGD(
             model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
         )
@@ -211,8 +211,8 @@ def evaluate_arrays(
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
-        xb = torch.as_tensor(np.asarray(x[start : start + batch_size]), device=device)
-        yb = torch.as_tensor(np.asarray(y[start : start + batch_size]), device=device)
+        xb = torch.from_numpy(np.array(x[start : start + batch_size])).to(device)
+        yb = torch.from_numpy(np.array(y[start : start + batch_size])).to(device)
         logits = model(xb)
         total_loss += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(dim=1) == yb).sum())

@@ -352,7 +352,7 @@ def _data(reader: _Reader, *, user_app: bool) -> DataConfig:
         ),
         alpha=reader.number("alpha", 0.5, minimum=0.0, open_minimum=True),
         dirichlet_method=reader.text(
-            "dirichlet_method", "chunks", choices=("chunks", "per-client")
+            "dirichlet_method", "chunks", choices=("chunks", "per-client", "per-label")
         ),
         shards_per_client=reader.integer("shards_per_client", 2, minimum=1),
         test_fraction=reader.number("test_fraction", 0.2, minimum=0.0, maximum=1.0, open_maximum=True),

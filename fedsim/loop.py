@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 
 from fedsim import keys
@@ -103,6 +104,8 @@ def run_rounds(
                 writer.metrics(rnd, None, keys.PHASE_EVALUATE, aggregate.items())
         if evaluate_now and settings.central is not None:
             _central(settings.central, rnd, arrays, writer)
+            if hasattr(strategy, "evaluate_nodes"):
+                _central_per_node(strategy, settings.central, rnd, client_of, writer)
         finished = time.perf_counter()
         writer.metrics(
             rnd,
@@ -124,3 +127,32 @@ def run_rounds(
 
 def _central(evaluate: CentralEvaluate, rnd: int, arrays: ArrayRecord, writer: RunWriter) -> None:
     writer.metrics(rnd, None, keys.PHASE_CENTRAL, evaluate(rnd, arrays).items())
+
+
+def _central_per_node(
+    strategy: Any,
+    evaluate: CentralEvaluate,
+    rnd: int,
+    client_of: dict[int, int],
+    writer: RunWriter,
+) -> None:
+    """Decentralised strategies: every node's own model on the test set, and the spread."""
+    per_node: dict[int, dict[str, float]] = strategy.evaluate_nodes(
+        lambda node_arrays: evaluate(rnd, node_arrays)
+    )
+    for node, values in sorted(per_node.items()):
+        writer.metrics(rnd, client_of[node], keys.PHASE_CENTRAL, values.items())
+    names = sorted({name for values in per_node.values() for name in values})
+    for name in names:
+        column = np.array([values[name] for values in per_node.values() if name in values])
+        writer.metrics(
+            rnd,
+            None,
+            keys.PHASE_CENTRAL,
+            [
+                (f"node_{name}_mean", column.mean()),
+                (f"node_{name}_min", column.min()),
+                (f"node_{name}_max", column.max()),
+                (f"node_{name}_std", column.std()),
+            ],
+        )

@@ -9,10 +9,11 @@ runs the round loop, writing results as it goes.
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,17 @@ from fedsim.client_app import (
 )
 from fedsim.client_data import ClientDataStore
 from fedsim.config import Scenario
-from fedsim.datasets import load_dataset
+from fedsim.datasets import Dataset, load_dataset
 from fedsim.engine.reachable import ReachableGrid
 from fedsim.errors import ScenarioError
 from fedsim.loop import LoopSettings, run_rounds
 from fedsim.models import build_model
 from fedsim.participation import build_faults, build_pattern
-from fedsim.partition import label_distribution, partition_indices, split_each
+from fedsim.partition import class_balanced_indices, partition_indices, split_each
 from fedsim.plugins import load_object
 from fedsim.results import FINAL_MODEL_FILE, RunWriter, atomic_write_bytes
 from fedsim.seeding import rng
-from fedsim.strategies import build_strategy
+from fedsim.strategies import build_strategy, declared_parameters, resolve_strategy_class
 
 DATA_DIR = "client_data"
 
@@ -60,9 +61,58 @@ class Prepared:
     store: ClientDataStore | None
     pattern: Any
     faults: Any
+    strategy_class: type
+    strategy_options: dict[str, Any]
+    proxy_data: tuple[np.ndarray, np.ndarray] | None = None
+    model_factory: Callable[[], torch.nn.Module] | None = None
 
 
-def prepare_data(scenario: Scenario, directory: Path) -> ClientDataStore:
+@dataclass(frozen=True)
+class ProxyRequest:
+    """A server-held proxy set a strategy asked for (``proxy_data``)."""
+
+    per_class: int
+    source: str  # "test": carved from the test split; "train": from the training data
+
+
+PROXY_SOURCES = ("test", "train")
+
+
+def proxy_request(scenario: Scenario, options: dict[str, Any]) -> ProxyRequest:
+    """Take ``proxy_per_class`` / ``proxy_source`` out of the strategy options."""
+    per_class = options.pop("proxy_per_class", 10)
+    source = options.pop("proxy_source", "test")
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+        raise ScenarioError(scenario.source, "strategy.proxy_per_class", "an integer >= 1", got=per_class)
+    if source not in PROXY_SOURCES:
+        raise ScenarioError(scenario.source, "strategy.proxy_source", "test or train", got=source)
+    return ProxyRequest(per_class, source)
+
+
+def carve_proxy(
+    dataset: Dataset, request: ProxyRequest, seed: int
+) -> tuple[Dataset, tuple[np.ndarray, np.ndarray]]:
+    """Remove a class-balanced proxy set from the test or training split.
+
+    The run never evaluates (or trains clients) on the samples the server learns from.
+    """
+    generator = rng(seed, "proxy-set")
+    if request.source == "test":
+        chosen = class_balanced_indices(dataset.y_test, request.per_class, generator)
+        keep = np.setdiff1d(np.arange(len(dataset.y_test)), chosen)
+        proxy = (dataset.x_test[chosen], dataset.y_test[chosen])
+        return replace(dataset, x_test=dataset.x_test[keep], y_test=dataset.y_test[keep]), proxy
+    if dataset.natural_partition is not None:
+        raise ValueError("proxy_source = 'train' needs a dataset without its own clients")
+    chosen = class_balanced_indices(dataset.y_train, request.per_class, generator)
+    keep = np.setdiff1d(np.arange(len(dataset.y_train)), chosen)
+    proxy = (dataset.x_train[chosen], dataset.y_train[chosen])
+    return replace(dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep]), proxy
+
+
+def prepare_data(
+    scenario: Scenario, directory: Path, proxy: ProxyRequest | None = None
+) -> tuple[ClientDataStore, tuple[np.ndarray, np.ndarray] | None]:
     """Load, partition and store the scenario's data once (memory-mapped afterwards)."""
     data = scenario.data
     assert data.dataset is not None
@@ -75,33 +125,52 @@ def prepare_data(scenario: Scenario, directory: Path) -> ClientDataStore:
         source=scenario.source,
         base_dir=scenario.base_dir,
     )
+    proxy_data = None
+    if proxy is not None:
+        try:
+            dataset, proxy_data = carve_proxy(dataset, proxy, scenario.seed)
+        except ValueError as error:
+            raise ScenarioError(scenario.source, "strategy.proxy_source", str(error)) from error
     if data.partition == "natural" and dataset.natural_partition is None:
         raise ScenarioError(
             scenario.source, "data.partition", f"not natural: {data.dataset} has no own clients"
         )
-    parts = partition_indices(
-        dataset.y_train,
-        data.num_clients,
-        data.partition,
-        rng=rng(scenario.seed, "partition"),
-        alpha=data.alpha,
-        dirichlet_method=data.dirichlet_method,
-        shards_per_client=data.shards_per_client,
-        natural=dataset.natural_partition,
-    )
+    try:
+        parts = partition_indices(
+            dataset.y_train,
+            data.num_clients,
+            data.partition,
+            rng=rng(scenario.seed, "partition"),
+            alpha=data.alpha,
+            dirichlet_method=data.dirichlet_method,
+            shards_per_client=data.shards_per_client,
+            natural=dataset.natural_partition,
+        )
+    except ValueError as error:
+        raise ScenarioError(
+            scenario.source, "data.partition", f"a feasible partition ({error})"
+        ) from error
     train_parts, test_parts = split_each(
         parts, data.client_test_fraction, rng(scenario.seed, "client-test-split")
     )
-    return ClientDataStore.write(directory, dataset, train_parts, test_parts)
+    return ClientDataStore.write(directory, dataset, train_parts, test_parts), proxy_data
 
 
 def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
+    strategy_class = resolve_strategy_class(
+        scenario.strategy_name, source=scenario.source, base_dir=scenario.base_dir
+    )
+    strategy_options = scenario.strategy_options
+    declared, _ = declared_parameters(strategy_class)
+    proxy = proxy_request(scenario, strategy_options) if "proxy_data" in declared else None
     store = None
     model = None
     initial = None
     labels = None
+    proxy_data = None
+    model_factory = None
     if scenario.data.dataset is not None:
-        store = prepare_data(scenario, run_dir / DATA_DIR)
+        store, proxy_data = prepare_data(scenario, run_dir / DATA_DIR, proxy)
         counts = store.label_counts().astype(float)
         totals = counts.sum(axis=1, keepdims=True)
         labels = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
@@ -115,6 +184,15 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
             base_dir=scenario.base_dir,
         )
         initial = ArrayRecord(model.state_dict())
+        model_factory = functools.partial(
+            build_model,
+            scenario.model,
+            input_shape=store.input_shape,
+            num_classes=store.num_classes,
+            seed=scenario.seed,
+            source=scenario.source,
+            base_dir=scenario.base_dir,
+        )
     pattern = build_pattern(
         scenario.participation,
         num_clients=scenario.data.num_clients,
@@ -172,6 +250,10 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
         store=store,
         pattern=pattern,
         faults=faults,
+        strategy_class=strategy_class,
+        strategy_options=strategy_options,
+        proxy_data=proxy_data,
+        model_factory=model_factory,
     )
 
 
@@ -223,20 +305,24 @@ def run_session(
     )
     context: dict[str, Any] = {
         "num_clients": scenario.data.num_clients,
+        "node_ids": [node_of_client[c] for c in range(scenario.data.num_clients)],
         "seed": scenario.seed,
         "device": str(server_device),
     }
+    if prepared.model_factory is not None:
+        context["model_factory"] = prepared.model_factory
+    if prepared.proxy_data is not None:
+        context["proxy_data"] = prepared.proxy_data
     probabilities = getattr(prepared.pattern, "probabilities", None)
     if probabilities is not None:
         context["participation_probabilities"] = {
             node_of_client[c]: float(p) for c, p in enumerate(probabilities)
         }
     strategy = build_strategy(
-        scenario.strategy_name,
-        scenario.strategy_options,
+        prepared.strategy_class,
+        prepared.strategy_options,
         context=context,
         source=scenario.source,
-        base_dir=scenario.base_dir,
     )
     settings = LoopSettings(
         rounds=scenario.rounds,

@@ -11,8 +11,14 @@ A ``[strategy]`` table's ``name`` is one of:
 
 The table's other keys are constructor options. Besides those, fedsim fills in
 the keyword parameters a constructor declares from this list:
-``num_clients``, ``seed``, ``device`` and (oracle baselines only)
-``participation_probabilities``.
+
+- ``num_clients`` (N, all clients), ``node_ids`` (the N Flower node ids, index =
+  client id), ``seed``, ``device`` (the server device);
+- ``model_factory`` (a callable returning a fresh model of the run's architecture);
+- ``proxy_data`` (a server-held ``(x, y)`` set, carved out of the data as the
+  ``[strategy]`` keys ``proxy_per_class`` and ``proxy_source`` say);
+- ``participation_probabilities`` (node id → long-run rate p_n; oracle
+  baselines only: no other strategy ever sees it).
 """
 
 from __future__ import annotations
@@ -34,7 +40,15 @@ REGISTRY: dict[str, str] = {
     "mifa": "fedsim.strategies.mifa:MIFA",
     "fedvarp": "fedsim.strategies.fedvarp:FedVARP",
 }
-INJECTABLE = ("num_clients", "seed", "device", "participation_probabilities")
+INJECTABLE = (
+    "num_clients",
+    "node_ids",
+    "seed",
+    "device",
+    "model_factory",
+    "proxy_data",
+    "participation_probabilities",
+)
 # Flower's strategies wait (forever) for min_*_nodes nodes; under a participation
 # pattern fewer may be reachable, so fedsim's default is to wait for none.
 FLOWER_NODE_MINIMA = ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes")
@@ -92,44 +106,48 @@ def declared_parameters(cls: type) -> tuple[set[str], bool]:
         if klass is object:
             return names, False
         parameters = inspect.signature(init).parameters
-        names.update(p for p in parameters if p != "self")
+        names.update(
+            name
+            for name, p in parameters.items()
+            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        )
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
             return names, False
     return names, True
 
 
 def build_strategy(
-    name: str,
+    cls: type,
     options: Mapping[str, Any],
     *,
     context: Mapping[str, Any],
     source: str,
-    base_dir: Path,
 ) -> Any:
-    """Instantiate a strategy from its scenario options plus injected context.
+    """Instantiate a strategy class from its scenario options plus injected context.
 
-    ``context`` maps injectable names to values; ``participation_probabilities``
-    is only injected into a strategy that declares it.
+    Only the injectable names the constructor declares are passed, so
+    ``participation_probabilities`` reaches an oracle baseline and nothing else.
     """
-    cls = resolve_strategy_class(name, source=source, base_dir=base_dir)
     parameters, accepts_any = declared_parameters(cls)
     for option in options:
         if option in INJECTABLE:
             raise ScenarioError(source, f"strategy.{option}", "no value: fedsim sets it itself")
         if option not in parameters and not accepts_any:
-            known = sorted(p for p in parameters if p not in INJECTABLE and p != "self")
+            known = sorted(p for p in parameters if p not in INJECTABLE)
             raise ScenarioError(
                 source, f"strategy.{option}", f"an option of {cls.__name__} ({', '.join(known)})"
             )
     kwargs = dict(options)
-    for name_ in INJECTABLE:
-        if name_ in parameters and name_ in context:
-            kwargs[name_] = context[name_]
-    if name.startswith("flwr:"):
+    for name in INJECTABLE:
+        if name in parameters and name in context:
+            kwargs[name] = context[name]
+    if cls.__module__.startswith("flwr."):
         for minimum in FLOWER_NODE_MINIMA:
             if minimum in parameters:
                 kwargs.setdefault(minimum, 0)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
-        raise ScenarioError(source, "strategy", f"valid options for {cls.__name__} ({error})")
+        raise ScenarioError(
+            source, "strategy", f"valid options for {cls.__name__} ({error})"
+        ) from error
