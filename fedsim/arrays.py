@@ -76,5 +76,5 @@ class Layout:
             offset += size
             if np.issubdtype(dtype, np.integer):
                 chunk = np.rint(chunk)
-            arrays[name] = Array(np.ascontiguousarray(chunk.astype(dtype)))
+            arrays[name] = Array(np.asarray(chunk.astype(dtype)).reshape(shape))
         return ArrayRecord(arrays)

@@ -39,6 +39,7 @@ REGISTRY: dict[str, str] = {
     "fedau": "fedsim.strategies.fedau:FedAU",
     "mifa": "fedsim.strategies.mifa:MIFA",
     "fedvarp": "fedsim.strategies.fedvarp:FedVARP",
+    "fedlaw": "fedsim.strategies.fedlaw:FedLAW",
 }
 INJECTABLE = (
     "num_clients",

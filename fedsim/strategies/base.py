@@ -37,6 +37,13 @@ from fedsim.arrays import Layout
 from fedsim.seeding import rng
 
 
+def _weight(content: RecordDict, key: str) -> float:
+    value = next(iter(content.metric_records.values()))[key]
+    if not isinstance(value, int | float):
+        raise ValueError(f"reply metric {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
 class ServerUpdateStrategy(FedAvg):
     """A Flower ``FedAvg`` whose aggregation is ``server_update`` on flat tensors."""
 
@@ -124,7 +131,7 @@ class ServerUpdateStrategy(FedAvg):
             [next(iter(content.array_records.values())) for content in contents], self.device
         )
         num_examples = np.array(
-            [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
+            [_weight(c, self.weighted_by_key) for c in contents]
         )
         new_vector = self.server_update(
             server_round, global_vector, client_vectors, node_ids, num_examples
