@@ -174,25 +174,24 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
         counts = store.label_counts().astype(float)
         totals = counts.sum(axis=1, keepdims=True)
         labels = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    if scenario.model and store is not None:
-        model = build_model(
-            scenario.model,
-            input_shape=store.input_shape,
-            num_classes=store.num_classes,
-            seed=scenario.seed,
-            source=scenario.source,
-            base_dir=scenario.base_dir,
-        )
-        initial = ArrayRecord(model.state_dict())
+    if scenario.model:
+        if store is None and "factory" not in scenario.model:
+            raise ScenarioError(
+                scenario.source, "model.name", "a [model] factory when [data] has no dataset"
+            )
+        # Without a dataset (a user ClientApp loads its own), a factory gets placeholder
+        # input_shape/num_classes; such a factory should not declare them.
         model_factory = functools.partial(
             build_model,
             scenario.model,
-            input_shape=store.input_shape,
-            num_classes=store.num_classes,
+            input_shape=store.input_shape if store is not None else (1,),
+            num_classes=store.num_classes if store is not None else 1,
             seed=scenario.seed,
             source=scenario.source,
             base_dir=scenario.base_dir,
         )
+        model = model_factory()
+        initial = ArrayRecord(model.state_dict())
     pattern = build_pattern(
         scenario.participation,
         num_clients=scenario.data.num_clients,
@@ -308,6 +307,7 @@ def run_session(
         "node_ids": [node_of_client[c] for c in range(scenario.data.num_clients)],
         "seed": scenario.seed,
         "device": str(server_device),
+        "scenario_file": scenario.source,
     }
     if prepared.model_factory is not None:
         context["model_factory"] = prepared.model_factory

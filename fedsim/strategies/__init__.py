@@ -14,6 +14,7 @@ the keyword parameters a constructor declares from this list:
 
 - ``num_clients`` (N, all clients), ``node_ids`` (the N Flower node ids, index =
   client id), ``seed``, ``device`` (the server device);
+- ``scenario_file`` (the scenario's path: resolve relative files and name it in errors);
 - ``model_factory`` (a callable returning a fresh model of the run's architecture);
 - ``proxy_data`` (a server-held ``(x, y)`` set, carved out of the data as the
   ``[strategy]`` keys ``proxy_per_class`` and ``proxy_source`` say);
@@ -40,6 +41,9 @@ REGISTRY: dict[str, str] = {
     "mifa": "fedsim.strategies.mifa:MIFA",
     "fedvarp": "fedsim.strategies.fedvarp:FedVARP",
     "fedlaw": "fedsim.strategies.fedlaw:FedLAW",
+    "gossip": "fedsim.strategies.gossip:Gossip",
+    "gossip-vc": "fedsim.strategies.gossip:VarianceCorrectedGossip",
+    "dpsgd": "fedsim.strategies.gossip:DPSGD",
 }
 INJECTABLE = (
     "num_clients",
@@ -48,6 +52,7 @@ INJECTABLE = (
     "device",
     "model_factory",
     "proxy_data",
+    "scenario_file",
     "participation_probabilities",
 )
 # Flower's strategies wait (forever) for min_*_nodes nodes; under a participation
