@@ -273,9 +273,17 @@ def central_evaluator(prepared: Prepared, device: torch.device) -> Callable[[int
     return evaluate
 
 
-def discover_nodes(grid: Grid, timeout: float) -> dict[int, int]:
-    """Ask every node its partition id (Flower's engine assigns random node ids)."""
-    nodes = sorted(grid.get_node_ids())
+def discover_nodes(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
+    """Ask every node its partition id (Flower's engine assigns random node ids).
+
+    Flower's simulation registers its nodes while the ServerApp is already
+    running, so first wait until all of them are there.
+    """
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < num_clients:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of {num_clients} Flower nodes came up")
+        time.sleep(0.05)
     messages = [Message(RecordDict({keys.CONFIG: ConfigRecord()}), node, WHOAMI) for node in nodes]
     mapping: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
@@ -405,7 +413,7 @@ def run_on_flower(prepared: Prepared, writer: RunWriter, on_round_end: Any) -> A
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            mapping = discover_nodes(grid, scenario.engine.timeout)
+            mapping = discover_nodes(grid, scenario.data.num_clients, scenario.engine.timeout)
             outcome["arrays"] = run_session(prepared, grid, mapping, writer, on_round_end)
         except BaseException as error:  # re-raised in the caller's thread
             outcome["error"] = error

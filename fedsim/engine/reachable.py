@@ -141,7 +141,9 @@ class ReachableGrid(Grid):
         ]
 
     def _note_replies(self, replies: Iterable[Message]) -> list[Message]:
-        replies = list(replies)
+        # Replies in client order, whatever order they arrived in: the aggregate's
+        # floating-point sums then do not depend on the engine or on scheduling.
+        replies = sorted(replies, key=lambda reply: self.client_of_node[reply.metadata.src_node_id])
         for reply in replies:
             if reply.metadata.message_type != MessageType.TRAIN:
                 continue
