@@ -6,6 +6,7 @@ code 2; nothing a user can get wrong ends in a traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from datetime import datetime
@@ -39,12 +40,18 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override a scenario key: --set client.lr=0.05 (repeatable)."),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/NAME-TIME).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/NAME-TIME).")
+    ] = None,
     engine: Annotated[str | None, typer.Option(help="ray (fedsim's engine) or flower.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's per-round INFO logs.")] = False,
 ) -> None:
     """Run a scenario and print where its results are."""
     from fedsim.config import load_scenario
     from fedsim.runner import run_scenario
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
 
     overrides = list(set_ or [])
     if engine is not None:
@@ -90,7 +97,9 @@ def list_() -> None:
     from fedsim.participation import PATTERN_NAMES
     from fedsim.strategies import available_strategies
 
-    print("strategies:     " + ", ".join(available_strategies()) + ", flwr:<Class>, file.py:<Class>")
+    print(
+        "strategies:     " + ", ".join(available_strategies()) + ", flwr:<Class>, file.py:<Class>"
+    )
     print("participation:  " + ", ".join(PATTERN_NAMES))
     print("datasets:       " + ", ".join(DATASET_NAMES))
     print("models:         " + ", ".join(MODEL_NAMES) + ", file.py:<factory>")

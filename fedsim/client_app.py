@@ -134,6 +134,10 @@ def _client_id(context: Context) -> int:
     return int(context.node_config[keys.PARTITION_ID])
 
 
+def _arrays(message: Message) -> ArrayRecord:
+    return message.content.array_records[keys.ARRAYS]
+
+
 def _load(model: torch.nn.Module, arrays: ArrayRecord, device: torch.device) -> None:
     state = {name: torch.from_numpy(arrays[name].numpy()) for name in arrays}
     model.load_state_dict(state, strict=True)
@@ -145,11 +149,11 @@ def train(spec: ClientSpec, message: Message, context: Context) -> Message:
     work = _workspace(spec)
     client = _client_id(context)
     model = work.model
-    _load(model, message.content[keys.ARRAYS], work.device)
+    _load(model, _arrays(message), work.device)
     x_np, y_np = work.store.train(client)
     num_examples = len(y_np)
     stream = context.state.config_records.get(keys.STREAM_STATE, ConfigRecord())
-    epoch, position = int(stream.get("epoch", 0)), int(stream.get("position", 0))
+    epoch, position = int(stream.get("epoch", 0)), int(stream.get("position", 0))  # type: ignore[arg-type]
     if spec.local_steps is not None:
         num_steps = spec.local_steps
     else:
@@ -224,7 +228,7 @@ def evaluate(spec: ClientSpec, message: Message, context: Context) -> Message:
     """Evaluate the received model on the client's local test split."""
     work = _workspace(spec)
     client = _client_id(context)
-    _load(work.model, message.content[keys.ARRAYS], work.device)
+    _load(work.model, _arrays(message), work.device)
     x, y = work.store.test(client)
     loss, accuracy = evaluate_arrays(
         work.model, x, y, device=work.device, batch_size=spec.eval_batch_size

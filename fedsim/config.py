@@ -355,7 +355,9 @@ def _data(reader: _Reader, *, user_app: bool) -> DataConfig:
             "dirichlet_method", "chunks", choices=("chunks", "per-client", "per-label")
         ),
         shards_per_client=reader.integer("shards_per_client", 2, minimum=1),
-        test_fraction=reader.number("test_fraction", 0.2, minimum=0.0, maximum=1.0, open_maximum=True),
+        test_fraction=reader.number(
+            "test_fraction", 0.2, minimum=0.0, maximum=1.0, open_maximum=True
+        ),
         client_test_fraction=reader.number(
             "client_test_fraction", 0.0, minimum=0.0, maximum=1.0, open_maximum=True
         ),
@@ -388,7 +390,9 @@ def _engine(reader: _Reader) -> EngineConfig:
     reader.only(ENGINE_KEYS)
     return EngineConfig(
         kind=reader.text("kind", "ray", choices=ENGINE_KINDS),
-        num_cpus_per_client=reader.number("num_cpus_per_client", 1.0, minimum=0.0, open_minimum=True),
+        num_cpus_per_client=reader.number(
+            "num_cpus_per_client", 1.0, minimum=0.0, open_minimum=True
+        ),
         num_gpus_per_client=reader.number("num_gpus_per_client", 0.0, minimum=0.0),
         ray_address=reader.optional_text("ray_address"),
         num_actors=reader.optional_integer("num_actors", minimum=1),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
@@ -83,7 +84,9 @@ def proxy_request(scenario: Scenario, options: dict[str, Any]) -> ProxyRequest:
     per_class = options.pop("proxy_per_class", 10)
     source = options.pop("proxy_source", "test")
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ScenarioError(scenario.source, "strategy.proxy_per_class", "an integer >= 1", got=per_class)
+        raise ScenarioError(
+            scenario.source, "strategy.proxy_per_class", "an integer >= 1", got=per_class
+        )
     if source not in PROXY_SOURCES:
         raise ScenarioError(scenario.source, "strategy.proxy_source", "test or train", got=source)
     return ProxyRequest(per_class, source)
@@ -209,10 +212,15 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
     )
     if scenario.client.app is not None:
         app = load_object(
-            scenario.client.app, base_dir=scenario.base_dir, source=scenario.source, key="client.app"
+            scenario.client.app,
+            base_dir=scenario.base_dir,
+            source=scenario.source,
+            key="client.app",
         )
         if not isinstance(app, ClientApp):
-            raise ScenarioError(scenario.source, "client.app", "a flwr ClientApp", got=type(app).__name__)
+            raise ScenarioError(
+                scenario.source, "client.app", "a flwr ClientApp", got=type(app).__name__
+            )
     else:
         if store is None:
             raise ScenarioError(scenario.source, "data.dataset", "a dataset for fedsim's ClientApp")
@@ -256,7 +264,9 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
     )
 
 
-def central_evaluator(prepared: Prepared, device: torch.device) -> Callable[[int, ArrayRecord], dict[str, float]] | None:
+def central_evaluator(
+    prepared: Prepared, device: torch.device
+) -> Callable[[int, ArrayRecord], dict[str, float]] | None:
     """Test-set loss and accuracy of the global model, on the server device."""
     if not prepared.scenario.evaluate.central or prepared.model is None or prepared.store is None:
         return None
@@ -289,8 +299,9 @@ def discover_nodes(grid: Grid, num_clients: int, timeout: float) -> dict[int, in
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
-        record: MetricRecord = reply.content[keys.METRICS]
-        mapping[int(record[keys.PARTITION_ID])] = reply.metadata.src_node_id
+        partition = reply.content.metric_records[keys.METRICS][keys.PARTITION_ID]
+        assert isinstance(partition, int)
+        mapping[partition] = reply.metadata.src_node_id
     return mapping
 
 
@@ -382,7 +393,7 @@ def run_on_ray(prepared: Prepared, writer: RunWriter, on_round_end: Any) -> Arra
         ray.init(
             address=scenario.engine.ray_address,
             include_dashboard=False,
-            logging_level="ERROR",
+            logging_level=logging.ERROR,
             log_to_driver=True,
         )
     grid = RayGrid(
@@ -418,14 +429,17 @@ def run_on_flower(prepared: Prepared, writer: RunWriter, on_round_end: Any) -> A
         except BaseException as error:  # re-raised in the caller's thread
             outcome["error"] = error
 
-    resources: dict[str, float] = {"num_cpus": scenario.engine.num_cpus_per_client}
+    resources: dict[str, Any] = {"num_cpus": scenario.engine.num_cpus_per_client}
     if scenario.engine.num_gpus_per_client:
         resources["num_gpus"] = scenario.engine.num_gpus_per_client
     run_simulation(
         server_app=app,
         client_app=prepared.app,
         num_supernodes=scenario.data.num_clients,
-        backend_config={"client_resources": resources, "init_args": {"logging_level": "ERROR"}},
+        backend_config={
+            "client_resources": resources,
+            "init_args": {"logging_level": "ERROR"},
+        },
     )
     if "error" in outcome:
         raise outcome["error"]
@@ -448,7 +462,7 @@ def run_scenario(
     engine = run_on_flower if scenario.engine.kind == "flower" else run_on_ray
     arrays = engine(prepared, writer, on_round_end)
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: arrays[name].numpy() for name in arrays})
+    np.savez(buffer, **{name: arrays[name].numpy() for name in arrays})  # type: ignore[arg-type]
     atomic_write_bytes(run_dir / FINAL_MODEL_FILE, buffer.getvalue())
     summary = {
         "name": scenario.name,

@@ -56,8 +56,13 @@ def with_change(tmp_path: Path, table: str, key: str, value: object) -> Path:
 @pytest.mark.parametrize(
     ("table", "key", "value", "message"),
     [
-        ("", "colour", 1, "colour: expected one of the known keys (checkpoint, client, data, "
-         "engine, evaluate, model, name, participation, rounds, seed, strategy)"),
+        (
+            "",
+            "colour",
+            1,
+            "colour: expected one of the known keys (checkpoint, client, data, "
+            "engine, evaluate, model, name, participation, rounds, seed, strategy)",
+        ),
         ("", "rounds", "ten", "rounds: expected an integer, got 'ten'"),
         ("", "rounds", 0, "rounds: expected an integer >= 1, got 0"),
         ("client", "lr", -1, "client.lr: expected a number > 0.0, got -1"),
@@ -65,8 +70,12 @@ def with_change(tmp_path: Path, table: str, key: str, value: object) -> Path:
         ("client", "momentum", 1.5, "client.momentum: expected a number in [0.0, 1.0), got 1.5"),
         ("engine", "kind", "spark", "engine.kind: expected one of ray, flower, got 'spark'"),
         ("evaluate", "every", True, "evaluate.every: expected an integer, got True"),
-        ("data", "partition", "zipf", "data.partition: expected one of iid, dirichlet, shards, "
-         "natural, got 'zipf'"),
+        (
+            "data",
+            "partition",
+            "zipf",
+            "data.partition: expected one of iid, dirichlet, shards, natural, got 'zipf'",
+        ),
     ],
 )
 def test_bad_values(tmp_path: Path, table: str, key: str, value: object, message: str) -> None:

@@ -7,3 +7,8 @@ the same scenario through Flower's ``run_simulation`` for parity checks, and
 :mod:`fedsim.engine.reachable` puts the participation pattern in front of
 either.
 """
+
+import os
+
+# Keep Ray's current behaviour (CPU-only actors see no GPU) without its FutureWarning.
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

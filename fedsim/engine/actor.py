@@ -43,7 +43,7 @@ class ClientActor:
         self, content: RecordDict, metadata: Metadata, context: Context
     ) -> tuple[Message, Context]:
         set_identity(metadata.run_id, metadata.dst_node_id)
-        message = Message(content=content, metadata=metadata)
+        message = Message(content=content, metadata=metadata)  # type: ignore[call-overload]
         try:
             reply = self.app(message, context)
         except Exception as error:  # a client's failure is data, not a crash

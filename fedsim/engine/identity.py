@@ -16,7 +16,9 @@ NODE_ID_BASE = 1_000_000
 
 
 def node_id_of(client: int) -> int:
-    """>>> node_id_of(3)
+    """The Flower node id that serves client ``client`` in fedsim's engine.
+
+    >>> node_id_of(3)
     1000003
     """
     return NODE_ID_BASE + client

@@ -168,9 +168,7 @@ class RayGrid(Grid):
                     reply, context = ray.get(future)
                     self.contexts[message.metadata.dst_node_id] = context
                 except ray.exceptions.RayActorError as error:
-                    reply = error_reply(
-                        message, f"actor died: {error}", ErrorCode.NODE_UNAVAILABLE
-                    )
+                    reply = error_reply(message, f"actor died: {error}", ErrorCode.NODE_UNAVAILABLE)
                     self._replace_actor(actor_index)
                 self._replies[message.metadata.message_id] = reply
                 idle.append(actor_index)

@@ -149,7 +149,7 @@ class ReachableGrid(Grid):
                 continue
             client = self.client_of_node[reply.metadata.src_node_id]
             if reply.has_error():
-                self.log.failed[client] = reply.error.reason
+                self.log.failed[client] = reply.error.reason or "unknown error"
             else:
                 self.log.replied.add(client)
         return replies

@@ -130,9 +130,7 @@ class ServerUpdateStrategy(FedAvg):
         client_vectors = layout.stack(
             [next(iter(content.array_records.values())) for content in contents], self.device
         )
-        num_examples = np.array(
-            [_weight(c, self.weighted_by_key) for c in contents]
-        )
+        num_examples = np.array([_weight(c, self.weighted_by_key) for c in contents])
         new_vector = self.server_update(
             server_round, global_vector, client_vectors, node_ids, num_examples
         )

@@ -123,5 +123,7 @@ class FedAvg(ServerUpdateStrategy):
             probabilities=probabilities,
             uniform_weights=self.uniform_weights,
         )
-        self.client_metrics = {n: {"weight": float(w)} for n, w in zip(node_ids, weights)}
+        self.client_metrics = {
+            n: {"weight": float(w)} for n, w in zip(node_ids, weights, strict=True)
+        }
         return weighted_server_update(global_vector, client_vectors, weights, self.server_lr)
