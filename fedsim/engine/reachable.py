@@ -4,7 +4,8 @@ Participation belongs to the simulated environment, not to the strategy, so it
 is enforced here, below any strategy: ``get_node_ids`` lists only the nodes the
 pattern makes reachable in the current round, exactly as real Flower nodes come
 and go, and in-round faults (a selected client dropping out, a straggler
-missing the deadline) remove replies before the strategy sees them. Every
+missing the deadline) remove replies before the strategy sees them: a dropped
+client never trains, a straggler trains and its reply is discarded. Every
 message and its fate is logged per (round, client) for ``participation.parquet``.
 """
 
@@ -123,33 +124,37 @@ class ReachableGrid(Grid):
         if self.faults is None or not len(clients):
             return messages
         outcome = self.faults.outcome(self.round, clients)  # type: ignore[attr-defined]
-        lost = set()
-        for client, dropped, late, latency in zip(
+        dropped = set()
+        for client, is_dropped, is_late, latency in zip(
             clients, outcome.dropped, outcome.late, outcome.latency, strict=True
         ):
-            if dropped:
+            if is_dropped:  # gone after selection: it never trains, nothing comes back
                 self.log.dropped.add(int(client))
-                lost.add(int(client))
-            elif late:
+                dropped.add(int(client))
+            elif is_late:  # a straggler trains, but its reply misses the deadline
                 self.log.late[int(client)] = float(latency)
-                lost.add(int(client))
         return [
             m
             for m in messages
             if m.metadata.message_type != MessageType.TRAIN
-            or self.client_of_node[m.metadata.dst_node_id] not in lost
+            or self.client_of_node[m.metadata.dst_node_id] not in dropped
         ]
 
     def _note_replies(self, replies: Iterable[Message]) -> list[Message]:
         # Replies in client order, whatever order they arrived in: the aggregate's
         # floating-point sums then do not depend on the engine or on scheduling.
         replies = sorted(replies, key=lambda reply: self.client_of_node[reply.metadata.src_node_id])
+        on_time = []
         for reply in replies:
             if reply.metadata.message_type != MessageType.TRAIN:
+                on_time.append(reply)
                 continue
             client = self.client_of_node[reply.metadata.src_node_id]
+            if client in self.log.late:
+                continue  # discarded: the strategy never sees a late reply
+            on_time.append(reply)
             if reply.has_error():
                 self.log.failed[client] = reply.error.reason or "unknown error"
             else:
                 self.log.replied.add(client)
-        return replies
+        return on_time

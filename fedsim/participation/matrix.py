@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.ticker import MaxNLocator
 from matplotlib.figure import Figure
 
 
@@ -81,6 +82,8 @@ def participation_figure(
     )
     axes.set_xlabel("round")
     axes.set_ylabel("client")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title(title or f"reachable clients ({num_clients} clients, {num_rounds} rounds)")
     colorbar = figure.colorbar(image, ax=axes)
     colorbar.set_label("fraction reachable (binned)" if binned else "reachable")
