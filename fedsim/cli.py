@@ -1,23 +1,33 @@
 """The ``fedsim`` command line.
 
 User mistakes (a bad scenario, a missing file) print one line and exit with
-code 2; nothing a user can get wrong ends in a traceback.
+code 2; nothing a user can get wrong ends in a traceback. Ctrl-C during ``run``
+or ``resume`` ends the run after the current round with a checkpoint and exits
+with code 130, saying how to resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedsim.errors import FedsimError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 app = typer.Typer(
     help="fedsim: federated and decentralised training simulator (Flower clients on Ray).",
@@ -31,6 +41,36 @@ console = Console(stderr=True)
 def _fail(error: FedsimError) -> None:
     console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c() -> Iterator[threading.Event]:
+    """First Ctrl-C sets the event (the run stops after its round); a second one aborts."""
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        console.print("stopping after this round (Ctrl-C again to abort now)", highlight=False)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no handler, Ctrl-C keeps its default
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(message: str) -> None:
+    console.print(message, highlight=False, soft_wrap=True)
+    raise typer.Exit(INTERRUPTED_EXIT)
 
 
 @app.command()
@@ -47,6 +87,7 @@ def run(
     verbose: Annotated[bool, typer.Option(help="Show Flower's per-round INFO logs.")] = False,
 ) -> None:
     """Run a scenario and print where its results are."""
+    from fedsim.checkpoint import RunInterrupted
     from fedsim.config import load_scenario
     from fedsim.runner import run_scenario
 
@@ -77,7 +118,21 @@ def run(
                 progress.update(task, completed=rnd, accuracy=shown)
 
             started = time.perf_counter()
-            run_dir, summary = run_scenario(loaded, run_dir, on_round_end=on_round_end)
+            try:
+                with _stop_on_ctrl_c() as stop:
+                    run_dir, summary = run_scenario(
+                        loaded, run_dir, on_round_end=on_round_end, stop=stop
+                    )
+            except RunInterrupted:
+                raise
+            except FedsimError:
+                if progress.tasks[task].completed == 0:
+                    # A mistake found before the first round (a participation key, say) is
+                    # one line: the empty bar is erased rather than left above it.
+                    progress.live.transient = True
+                    progress.live.stop()
+                    progress.disable = True
+                raise
         accuracy = summary.get("final_accuracy")
         elapsed = time.perf_counter() - started
         line = f"{loaded.name}: {loaded.rounds} rounds in {elapsed:.1f} s"
@@ -85,8 +140,290 @@ def run(
             line += f", final test accuracy {accuracy:.3f}"
         print(line)
         print(f"results: {run_dir}")
+    except RunInterrupted as error:
+        _interrupted(str(error))
+    except KeyboardInterrupt:
+        _interrupted(f"aborted; results so far in {run_dir}; resume with: fedsim resume {run_dir}")
     except FedsimError as error:
         _fail(error)
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of an unfinished run.")],
+    verbose: Annotated[bool, typer.Option(help="Show Flower's per-round INFO logs.")] = False,
+) -> None:
+    """Continue an interrupted run (Ctrl-C, kill -9, crash) from its last checkpoint.
+
+    The results equal those of an uninterrupted run with the same scenario.
+    """
+    import tomllib
+
+    from fedsim.checkpoint import RunInterrupted
+    from fedsim.runner import resume_run
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    try:
+        try:
+            rounds = int(tomllib.loads((run_dir / "scenario.toml").read_text())["rounds"])
+        except Exception:  # resume_run names the problem
+            rounds = None
+        with Progress(TextColumn("round {task.completed}/{task.total}"), console=console) as bar:
+            task = bar.add_task("rounds", total=rounds)
+
+            def on_round_end(rnd: int, _accuracy: float | None) -> None:
+                bar.update(task, completed=rnd)
+
+            try:
+                with _stop_on_ctrl_c() as stop:
+                    _, summary = resume_run(run_dir, on_round_end=on_round_end, stop=stop)
+            except FedsimError:
+                bar.live.transient = bar.tasks[task].completed == 0
+                raise
+        line = f"{summary['name']}: {summary['rounds']} rounds done"
+        if summary.get("final_accuracy") is not None:
+            line += f", final test accuracy {summary['final_accuracy']:.3f}"
+        print(line)
+        print(f"results: {run_dir}")
+    except RunInterrupted as error:
+        _interrupted(str(error))
+    except KeyboardInterrupt:
+        _interrupted(f"aborted; resume again with: fedsim resume {run_dir}")
+    except FedsimError as error:
+        _fail(error)
+
+
+@app.command()
+def participation(
+    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    rounds: Annotated[
+        int | None, typer.Option(help="Rounds to draw (default: the scenario's rounds).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Heatmap PNG (default NAME-participation.png).")
+    ] = None,
+    csv: Annotated[
+        Path | None, typer.Option(help="Write the full per-client table to this CSV file.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a scenario key: --set participation.a=0.1."),
+    ] = None,
+) -> None:
+    """Draw who is reachable in each round and compare each client's rate with p_n.
+
+    Nothing is trained: the data is partitioned as a run would (label-based rates
+    need each client's label mix), the pattern is asked round by round, and the
+    clients × rounds matrix is drawn as a heatmap.
+    """
+    from fedsim.analysis import participation_rates
+    from fedsim.config import load_scenario
+    from fedsim.participation import build_faults, build_pattern
+    from fedsim.participation.matrix import participation_matrix, save_participation_plot
+    from fedsim.runner import client_label_distribution
+
+    try:
+        loaded = load_scenario(scenario, list(set_ or []))
+        num_rounds = loaded.rounds if rounds is None else rounds
+        if num_rounds < 1:
+            raise FedsimError(f"--rounds: expected an integer >= 1, got {num_rounds}")
+        figure_path = out or Path(f"{loaded.name}-participation.png")
+        if figure_path.suffix.lower() != ".png":
+            raise FedsimError(f"--out: expected a .png file, got {str(figure_path)!r}")
+        num_clients, seed = loaded.data.num_clients, loaded.seed
+        pattern = build_pattern(
+            loaded.participation,
+            num_clients=num_clients,
+            seed=seed,
+            label_distribution=client_label_distribution(loaded),
+            source=loaded.source,
+            base_dir=loaded.base_dir,
+        )
+        faults = build_faults(
+            loaded.participation,
+            num_clients=num_clients,
+            seed=seed,
+            source=loaded.source,
+            base_dir=loaded.base_dir,
+        )
+        matrix = participation_matrix(pattern, num_rounds)
+        table = participation_rates(matrix, getattr(pattern, "probabilities", None))
+        size = f"{loaded.data.num_clients} clients x {num_rounds} rounds"
+        title = f"{loaded.name}: {loaded.participation['pattern']}, {size}"
+        try:
+            figure_path.parent.mkdir(parents=True, exist_ok=True)
+            save_participation_plot(matrix, figure_path, title=title)
+            if csv is not None:
+                csv.parent.mkdir(parents=True, exist_ok=True)
+                table.to_csv(csv, index=False, float_format="%.6g")
+        except OSError as error:
+            raise FedsimError(f"{error.filename}: cannot write ({error.strerror})") from error
+    except FedsimError as error:
+        _fail(error)
+    print(f"{title}, seed {loaded.seed}")
+    print(_participation_summary(matrix, table, faults is not None))
+    print(f"heatmap: {figure_path}")
+    if csv is not None:
+        print(f"table: {csv}")
+
+
+def _participation_summary(
+    matrix: np.ndarray, table: pd.DataFrame, faults: bool, full_up_to: int = 20, rows: int = 5
+) -> str:
+    """The text report of ``fedsim participation``: reachable clients per round, then each
+    client's p_n and empirical rate (all clients up to ``full_up_to``, else summary statistics
+    and the first and last ``rows`` clients)."""
+    import pandas as pd
+
+    per_round = matrix.sum(axis=0)
+    lines = [
+        f"reachable per round: mean {per_round.mean():.1f}, min {per_round.min()}, "
+        f"max {per_round.max()} (before the strategy's sampling"
+        + (" and in-round faults)" if faults else ")")
+    ]
+    has_p = bool(table["p_n"].notna().any())
+    if has_p:
+        error = (table["rate"] - table["p_n"]).abs()
+        worst = int(error.to_numpy().argmax())
+        lines.append(
+            f"|rate - p_n|: mean {error.mean():.4f}, max {error.max():.4f} "
+            f"(client {table['client'].iloc[worst]})"
+        )
+    else:
+        lines.append("p_n: not defined by this pattern")
+    fmt = "{:.4f}".format
+    if len(table) <= full_up_to:
+        lines.append(table.to_string(index=False, float_format=fmt, na_rep="-"))
+        return "\n".join(lines)
+    columns = ["p_n", "rate", "longest_gap"] if has_p else ["rate", "longest_gap"]
+    stats = table[columns].agg(["mean", "min", "median", "max"])
+    formats = {"p_n": fmt, "rate": fmt, "longest_gap": "{:.1f}".format}
+    lines.append(stats.to_string(formatters={c: formats[c] for c in columns}))
+    shown = pd.concat([table.head(rows), table.tail(rows)])
+    text = shown.to_string(index=False, float_format=fmt, na_rep="-").splitlines()
+    more = f"  ... {len(table) - 2 * rows} more clients (--csv FILE writes every row)"
+    lines.extend([*text[: rows + 1], more, *text[rows + 1 :]])
+    return "\n".join(lines)
+
+
+@app.command()
+def sweep(
+    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(help="A grid axis: --grid strategy.name=fedavg,fedau (repeatable)."),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Seeds, e.g. 1,2,3 (default: [sweep] seeds or the seed).")
+    ] = None,
+    parallel: Annotated[
+        int, typer.Option(help="Runs at a time (worker processes sharing one Ray runtime).")
+    ] = 1,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Sweep directory (default runs/NAME-sweep); rerun to resume."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a scenario key in every run (repeatable)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's per-round INFO logs.")] = False,
+) -> None:
+    """Run a scenario over a grid of values and seeds, one run directory each.
+
+    Complete runs are skipped, so running the same command again continues an
+    interrupted sweep.
+    """
+    from fedsim.sweep import SweepEvent, plan_sweep, run_sweep
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    try:
+        plan = plan_sweep(scenario, grid=grid, seeds=seeds, overrides=list(set_ or []), out=out)
+        rounds = {point.name: point.scenario.rounds for point in plan.points}
+        done_rounds = dict.fromkeys(rounds, 0)
+        finished: list[str] = []
+        columns = (
+            TextColumn("run {task.fields[runs]}/{task.fields[count]}"),
+            BarColumn(),
+            TextColumn("{task.fields[current]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        started = time.perf_counter()
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task(
+                "sweep", total=sum(rounds.values()), runs=0, count=len(rounds), current=""
+            )
+
+            def on_event(event: SweepEvent) -> None:
+                name = event.point.name
+                if event.kind == "round":
+                    done_rounds[name] = event.round
+                elif event.kind in ("skip", "done", "failed"):
+                    done_rounds[name] = rounds[name]
+                    finished.append(name)
+                if event.kind == "failed":
+                    progress.console.print(f"[red]failed:[/red] {name}: {event.error}")
+                current = name if event.kind in ("start", "round") else ""
+                if event.kind == "round" and event.accuracy is not None:
+                    current += f"  acc {event.accuracy:.3f}"
+                progress.update(
+                    task,
+                    completed=sum(done_rounds.values()),
+                    runs=len(finished),
+                    current=current,
+                )
+
+            try:
+                outcome = run_sweep(plan, parallel=parallel, on_event=on_event)
+            except KeyboardInterrupt:
+                progress.stop()
+                console.print(
+                    f"interrupted: {len(finished)} of {len(rounds)} runs complete; "
+                    "run the same command again to continue"
+                )
+                raise typer.Exit(130) from None
+        elapsed = time.perf_counter() - started
+        print(
+            f"sweep: {len(rounds)} runs ({len(outcome.ran)} ran, {len(outcome.skipped)} "
+            f"already complete, {len(outcome.failed)} failed) in {elapsed:.1f} s"
+        )
+        print(f"results: {plan.directory}")
+        print(f"report:  fedsim report {plan.directory}")
+        if outcome.failed:
+            raise typer.Exit(1)
+    except FedsimError as error:
+        _fail(error)
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="A run or sweep directory.")],
+    metric: Annotated[str, typer.Option(help="Metric to plot and summarise.")] = "accuracy",
+    out: Annotated[
+        Path | None, typer.Option(help="Report directory (default PATH/report).")
+    ] = None,
+    target: Annotated[
+        float | None, typer.Option(help="Count the rounds each run takes to reach this value.")
+    ] = None,
+    phase: Annotated[
+        str | None, typer.Option(help="Phase of the metric (default: central, else evaluate).")
+    ] = None,
+) -> None:
+    """Plot a run or a sweep and write its summary table (markdown and CSV)."""
+    from fedsim.report import write_report
+
+    try:
+        written = write_report(path, metric=metric, out=out, target=target, phase=phase)
+    except FedsimError as error:
+        _fail(error)
+    print(written.markdown.read_text().split("\n\n![", 1)[0].rstrip())
+    print()
+    for file in [*written.figures.values(), written.markdown, written.csv]:
+        print(f"wrote {file}")
 
 
 @app.command("list")

@@ -20,6 +20,7 @@ the simulator itself needs from a node: answering "which partition are you?"
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -28,8 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import SType
 
 from fedsim import keys
 from fedsim.client_data import ClientDataStore
@@ -138,10 +140,159 @@ def _arrays(message: Message) -> ArrayRecord:
     return message.content.array_records[keys.ARRAYS]
 
 
-def _load(model: torch.nn.Module, arrays: ArrayRecord, device: torch.device) -> None:
-    state = {name: torch.from_numpy(arrays[name].numpy()) for name in arrays}
-    model.load_state_dict(state, strict=True)
-    model.to(device)
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for a C-ordered array (cached per shape)."""
+    key = (dtype.str, shape)
+    if key not in _NPY_HEADERS:
+        buffer = io.BytesIO()
+        np.save(buffer, np.empty(shape, dtype), allow_pickle=False)
+        data = buffer.getvalue()
+        _NPY_HEADERS[key] = data[: len(data) - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize]
+    return _NPY_HEADERS[key]
+
+
+def numpy_to_array(ndarray: np.ndarray) -> Array:
+    """``Array(ndarray)`` with the same bytes, without ``np.save``'s per-call header work.
+
+    >>> a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    >>> numpy_to_array(a).data == Array(a).data
+    True
+    """
+    if not ndarray.flags.c_contiguous or ndarray.dtype.hasobject:
+        return Array(ndarray)
+    shape = tuple(int(d) for d in ndarray.shape)
+    data = b"".join((_npy_header(ndarray.dtype, shape), ndarray.data))
+    return Array(dtype=str(ndarray.dtype), shape=shape, stype=SType.NUMPY, data=data)
+
+
+def array_to_numpy(array: Array) -> np.ndarray:
+    """``array.numpy()`` as a read-only view of its bytes (no header parsing, no copy).
+
+    Anything but a C-ordered ``.npy`` of a plain dtype goes through ``array.numpy()``.
+
+    >>> a = np.arange(6, dtype=np.int64).reshape(3, 2)
+    >>> view = array_to_numpy(Array(a))
+    >>> bool((view == a).all()), view.dtype, view.flags.writeable
+    (True, dtype('int64'), False)
+    """
+    if array.stype == SType.NUMPY:
+        try:
+            dtype = np.dtype(array.dtype)
+        except TypeError:
+            return array.numpy()
+        shape = tuple(int(d) for d in array.shape)
+        offset = len(array.data) - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if not dtype.hasobject and offset > 0 and array.data[:offset] == _npy_header(dtype, shape):
+            return np.frombuffer(array.data, dtype=dtype, offset=offset).reshape(shape)
+    return array.numpy()
+
+
+@torch.no_grad()
+def load_arrays(model: torch.nn.Module, arrays: ArrayRecord) -> None:
+    """Copy ``arrays`` into ``model``'s parameters and buffers, where they already live.
+
+    As strict as ``load_state_dict`` (which reports any mismatch of names or shapes).
+    """
+    state = model.state_dict()
+    views = {name: array_to_numpy(arrays[name]) for name in arrays}
+    if views.keys() != state.keys() or any(
+        views[name].shape != tuple(tensor.shape) for name, tensor in state.items()
+    ):
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in views.items()})
+        return
+    for name, tensor in state.items():
+        if tensor.device.type == "cpu":
+            np.copyto(tensor.numpy(), views[name], casting="unsafe")
+        else:
+            tensor.copy_(torch.from_numpy(np.array(views[name])), non_blocking=False)
+
+
+def state_to_record(model: torch.nn.Module) -> ArrayRecord:
+    """The model's ``state_dict`` as an ``ArrayRecord`` (what ``ArrayRecord(state_dict)`` is)."""
+    return ArrayRecord(
+        {
+            name: numpy_to_array(tensor.detach().cpu().numpy())
+            for name, tensor in model.state_dict().items()
+        }
+    )
+
+
+def round_batches(
+    client: int,
+    num_examples: int,
+    epoch: int,
+    position: int,
+    *,
+    local_steps: int | None,
+    local_epochs: int | None,
+    batch_size: int,
+    seed: int,
+) -> tuple[list[np.ndarray], int, int]:
+    """This round's minibatches of ``client`` given its stream state (epoch, position).
+
+    ``local_steps`` continues the stream where the last round left it; otherwise a round
+    is ``local_epochs`` fresh epochs. Returns the batches and the new state.
+
+    >>> batches, epoch, position = round_batches(
+    ...     0, 5, 0, 1, local_steps=None, local_epochs=1, batch_size=2, seed=0)
+    >>> [len(b) for b in batches], epoch, position
+    ([2, 2, 1], 1, 6)
+    """
+    if local_steps is not None:
+        num_steps = local_steps
+    else:
+        num_steps = (local_epochs or 1) * math.ceil(num_examples / batch_size)
+        if position:
+            epoch, position = epoch + 1, 0
+    if not num_examples:
+        return [], epoch, position
+    return stream_batches(
+        num_examples,
+        batch_size,
+        num_steps,
+        seed=seed,
+        client=client,
+        epoch=epoch,
+        position=position,
+    )
+
+
+def local_sgd(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    batches: list[np.ndarray],
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    device: torch.device,
+) -> np.ndarray:
+    """SGD over ``batches`` (index arrays into ``x``, ``y``); returns the float64 step losses.
+
+    The losses stay on the device until the end, so a GPU never waits for the host
+    inside the loop.
+    """
+    if not batches:
+        return np.zeros(0)
+    x_all = torch.from_numpy(np.array(x)).to(device)
+    y_all = torch.from_numpy(np.array(y)).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    model.train()
+    losses = []
+    for batch in batches:
+        index = torch.from_numpy(batch).to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x_all[index]), y_all[index])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    return torch.stack(losses).cpu().numpy().astype(np.float64)
 
 
 def train(spec: ClientSpec, message: Message, context: Context) -> Message:
@@ -149,52 +300,41 @@ def train(spec: ClientSpec, message: Message, context: Context) -> Message:
     work = _workspace(spec)
     client = _client_id(context)
     model = work.model
-    _load(model, _arrays(message), work.device)
+    load_arrays(model, _arrays(message))
     x_np, y_np = work.store.train(client)
     num_examples = len(y_np)
     stream = context.state.config_records.get(keys.STREAM_STATE, ConfigRecord())
     epoch, position = int(stream.get("epoch", 0)), int(stream.get("position", 0))  # type: ignore[arg-type]
-    if spec.local_steps is not None:
-        num_steps = spec.local_steps
-    else:
-        epochs = spec.local_epochs or 1
-        num_steps = epochs * math.ceil(num_examples / spec.batch_size)
-        if position:  # epoch mode always starts a round on a fresh epoch
-            epoch, position = epoch + 1, 0
-    losses: list[float] = []
-    if num_examples:
-        batches, epoch, position = stream_batches(
-            num_examples,
-            spec.batch_size,
-            num_steps,
-            seed=spec.seed,
-            client=client,
-            epoch=epoch,
-            position=position,
-        )
-        x_all = torch.from_numpy(np.array(x_np)).to(work.device)
-        y_all = torch.from_numpy(np.array(y_np)).to(work.device)
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
-        )
-        model.train()
-        for batch in batches:
-            index = torch.as_tensor(batch, device=work.device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(x_all[index]), y_all[index])
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+    batches, epoch, position = round_batches(
+        client,
+        num_examples,
+        epoch,
+        position,
+        local_steps=spec.local_steps,
+        local_epochs=spec.local_epochs,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+    )
+    losses = local_sgd(
+        model,
+        x_np,
+        y_np,
+        batches,
+        lr=spec.lr,
+        momentum=spec.momentum,
+        weight_decay=spec.weight_decay,
+        device=work.device,
+    )
     context.state.config_records[keys.STREAM_STATE] = ConfigRecord(
         {"epoch": epoch, "position": position}
     )
     reply = RecordDict(
         {
-            keys.ARRAYS: ArrayRecord(model.state_dict()),
+            keys.ARRAYS: state_to_record(model),
             keys.METRICS: MetricRecord(
                 {
                     keys.NUM_EXAMPLES: num_examples,
-                    keys.TRAIN_LOSS: float(np.mean(losses)) if losses else 0.0,
+                    keys.TRAIN_LOSS: float(np.mean(losses)) if len(losses) else 0.0,
                 }
             ),
         }
@@ -228,7 +368,7 @@ def evaluate(spec: ClientSpec, message: Message, context: Context) -> Message:
     """Evaluate the received model on the client's local test split."""
     work = _workspace(spec)
     client = _client_id(context)
-    _load(work.model, _arrays(message), work.device)
+    load_arrays(work.model, _arrays(message))
     x, y = work.store.test(client)
     loss, accuracy = evaluate_arrays(
         work.model, x, y, device=work.device, batch_size=spec.eval_batch_size

@@ -34,6 +34,7 @@ TOP_LEVEL = {
     "engine",
     "evaluate",
     "checkpoint",
+    "sweep",  # read by fedsim.sweep; a single run ignores it
 }
 DATA_COMMON = {
     "dataset",
@@ -64,6 +65,8 @@ ENGINE_KEYS = {
     "num_actors",
     "timeout",
     "server_device",
+    "max_failures_per_round",
+    "max_failure_fraction",
 }
 EVALUATE_KEYS = {"every", "central", "federated", "batch_size"}
 CHECKPOINT_KEYS = {"every"}
@@ -190,6 +193,9 @@ class EngineConfig:
     num_actors: int | None
     timeout: float
     server_device: str
+    # Stop the run when more clients than this fail in one round (None: never).
+    max_failures_per_round: int | None = None
+    max_failure_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -398,4 +404,10 @@ def _engine(reader: _Reader) -> EngineConfig:
         num_actors=reader.optional_integer("num_actors", minimum=1),
         timeout=reader.number("timeout", 3600.0, minimum=0.0, open_minimum=True),
         server_device=reader.text("server_device", "auto"),
+        max_failures_per_round=reader.optional_integer("max_failures_per_round", minimum=0),
+        max_failure_fraction=(
+            reader.number("max_failure_fraction", 1.0, minimum=0.0, maximum=1.0)
+            if "max_failure_fraction" in reader.table
+            else None
+        ),
     )

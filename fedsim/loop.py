@@ -7,6 +7,15 @@ Message-API strategy behaves exactly as under Flower. Opening the loop up lets
 the simulator do what ``start`` cannot: set each round's reachable clients,
 seed Flower's node sampling, record every reply per client, time each phase,
 and hand control back between rounds (progress, checkpoints, stopping).
+
+Failures are data, not crashes: a client whose ClientApp raised, whose actor
+died or who did not answer within ``engine.timeout`` is recorded as failed for
+that (round, client), with the reason in the run's events, and the round
+aggregates the replies that arrived. Only when more clients fail in a round
+than ``engine.max_failures_per_round`` (a count) or ``max_failure_fraction``
+(of the clients asked) allow, or when the aggregated model is not finite, does
+the run stop, with a :class:`~fedsim.errors.RunError` naming the round and the
+clients.
 """
 
 from __future__ import annotations
@@ -19,10 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedsim import keys
-from fedsim.engine.reachable import ReachableGrid
+from fedsim.engine.reachable import ReachableGrid, RoundLog
 from fedsim.errors import RunError
 from fedsim.results import RunWriter
 from fedsim.seeding import seed_sequence
@@ -39,10 +48,85 @@ class LoopSettings:
     central: CentralEvaluate | None
     federated: bool
     train_config: dict[str, Any]
+    max_failures: int | None = None
+    max_failure_fraction: float | None = None
 
 
 def _finite(arrays: ArrayRecord) -> bool:
     return all(bool(math.isfinite(float(abs(arrays[name].numpy()).sum()))) for name in arrays)
+
+
+def _reply_finite(reply: Message) -> bool:
+    return all(_finite(record) for record in reply.content.array_records.values())
+
+
+def note_missing_replies(log: RoundLog, timeout: float) -> None:
+    """Clients asked to train that neither replied nor failed timed out: record them failed.
+
+    >>> log = RoundLog(available=np.arange(3), selected={0, 1, 2}, replied={0}, dropped={1})
+    >>> note_missing_replies(log, 5.0); log.failed
+    {2: 'no reply within engine.timeout (5 s)'}
+    """
+    known = log.replied | log.dropped | set(log.late) | set(log.failed)
+    for client in sorted(log.selected - known):
+        log.failed[client] = f"no reply within engine.timeout ({timeout:g} s)"
+
+
+def check_failures(
+    rnd: int, log: RoundLog, max_failures: int | None, max_fraction: float | None
+) -> None:
+    """Stop the run when a round's failures exceed either limit.
+
+    The fraction is of the clients whose messages were delivered (selected,
+    less those the participation faults dropped or made late).
+
+    >>> log = RoundLog(available=np.arange(4), selected={0, 1, 2, 3}, replied={0, 1, 2},
+    ...                failed={3: "ValueError: bad"})
+    >>> check_failures(1, log, 1, 0.25)
+    >>> try:
+    ...     check_failures(1, log, 0, None)
+    ... except RunError as error:
+    ...     print(str(error).split(" allows "))  # doctest: +NORMALIZE_WHITESPACE
+    ['round 1: 1 of 4 clients failed, more than engine.max_failures_per_round = 0',
+     '(client 3: ValueError: bad; every reason is in events.jsonl)']
+    """
+    failed = len(log.failed)
+    if not failed:
+        return
+    asked = len(log.selected - log.dropped - set(log.late))
+    fraction = failed / max(asked, 1)
+    if max_failures is not None and failed > max_failures:
+        limit = f"engine.max_failures_per_round = {max_failures}"
+    elif max_fraction is not None and fraction > max_fraction:
+        limit = f"engine.max_failure_fraction = {max_fraction:g}"
+    else:
+        return
+    client, reason = next(iter(sorted(log.failed.items())))
+    first_line = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
+    others = f" and {failed - 1} more" if failed > 1 else ""
+    raise RunError(
+        f"round {rnd}: {failed} of {asked} clients failed, more than {limit} allows "
+        f"(client {client}: {first_line}{others}; every reason is in events.jsonl)"
+    )
+
+
+def divergence_error(rnd: int, replies: list[Message], client_of: dict[int, int]) -> RunError:
+    """The error for a non-finite aggregate, naming the clients whose updates were not finite."""
+    bad = [
+        client_of[reply.metadata.src_node_id]
+        for reply in replies
+        if not reply.has_error() and not _reply_finite(reply)
+    ]
+    if bad:
+        culprits = f"non-finite updates from client{'s' if len(bad) > 1 else ''} " + ", ".join(
+            map(str, sorted(bad))
+        )
+    else:
+        culprits = "every client update was finite: the server update itself diverged"
+    return RunError(
+        f"round {rnd}: the aggregated model has NaN or inf values ({culprits}); "
+        "lower client.lr or the strategy's server learning rate"
+    )
 
 
 def run_rounds(
@@ -67,6 +151,9 @@ def run_rounds(
         messages = strategy.configure_train(rnd, arrays, ConfigRecord(settings.train_config), grid)
         replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
         trained = time.perf_counter()
+        note_missing_replies(log, settings.timeout)
+        writer.participation(rnd, log)
+        check_failures(rnd, log, settings.max_failures, settings.max_failure_fraction)
         new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
         aggregated = time.perf_counter()
         for reply in replies:
@@ -81,9 +168,8 @@ def run_rounds(
             writer.metrics(rnd, None, keys.PHASE_TRAIN, train_metrics.items())
         if new_arrays is not None:
             if not _finite(new_arrays):
-                raise RunError(f"round {rnd}: the aggregated model has NaN or inf values")
+                raise divergence_error(rnd, replies, client_of)
             arrays = new_arrays
-        writer.participation(rnd, log)
         evaluate_now = settings.evaluate_every and (
             rnd % settings.evaluate_every == 0 or rnd == settings.rounds
         )
@@ -91,7 +177,10 @@ def run_rounds(
             evaluation = strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)
             evaluation_replies = list(grid.send_and_receive(evaluation, timeout=settings.timeout))
             for reply in evaluation_replies:
-                if not reply.has_error():
+                if reply.has_error():
+                    client = client_of[reply.metadata.src_node_id]
+                    writer.event(rnd, "evaluate_failed", client=client, reason=reply.error.reason)
+                else:
                     for record in reply.content.metric_records.values():
                         writer.metrics(
                             rnd,

@@ -9,6 +9,8 @@ Layout of ``RUN_DIR``:
   that was reachable: available, selected, replied, failed, dropped, late;
 - ``events.jsonl`` — failures and other notable events, one JSON object a line;
 - ``final_model.npz`` — the final global model (name → array);
+- ``checkpoint.pkl`` — while the run is unfinished: the state to resume from
+  (:mod:`fedsim.checkpoint`); removed once the run completes;
 - ``summary.json`` — written last: rounds done, final metrics, wall time.
 
 Every file is written to a temporary name and renamed into place, so a run
@@ -140,6 +142,25 @@ class RunWriter:
         atomic_write_bytes(
             self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str).encode()
         )
+
+    def snapshot(self) -> dict[str, list[Any]]:
+        """Every row so far, for a checkpoint (:meth:`restore` puts them back)."""
+        return {
+            "metrics": list(self.metric_rows),
+            "participation": list(self.participation_rows),
+            "events": [dict(e) for e in self.events],
+        }
+
+    def restore(self, snapshot: dict[str, list[Any]]) -> None:
+        """Replace the rows with a checkpoint's (rows of later rounds are dropped)."""
+        self.metric_rows = list(snapshot["metrics"])
+        self.participation_rows = list(snapshot["participation"])
+        self.events = [dict(e) for e in snapshot["events"]]
+
+    def last_round(self) -> int:
+        """The latest round with any row (0 before the first round ends)."""
+        rounds = [row[0] for row in self.metric_rows[-1:] + self.participation_rows[-1:]]
+        return max(rounds, default=0)
 
     def latest(self, phase: str, metric: str) -> float | None:
         """The most recent server-side value of ``metric`` in ``phase``."""

@@ -4,7 +4,10 @@
 data once into a memory-mapped store, build the initial model, the
 participation pattern and the ClientApp); :func:`run_scenario` starts the
 chosen engine, discovers the node ↔ client mapping, builds the strategy and
-runs the round loop, writing results as it goes.
+runs the round loop, writing results as it goes. :func:`validate` checks every
+option that can be checked without the data before anything is written, and
+:func:`resume_run` continues an interrupted run from its checkpoint
+(:mod:`fedsim.checkpoint`).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,19 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
 from fedsim import keys
+from fedsim.checkpoint import (
+    Checkpoint,
+    RunInterrupted,
+    arrays_from_numpy,
+    arrays_to_numpy,
+    load_checkpoint,
+    remove_checkpoint,
+    restore_rng,
+    restore_strategy,
+    rng_state,
+    save_checkpoint,
+    strategy_state,
+)
 from fedsim.client_app import (
     WHOAMI,
     ClientSpec,
@@ -34,16 +51,22 @@ from fedsim.client_app import (
     resolve_device,
 )
 from fedsim.client_data import ClientDataStore
-from fedsim.config import Scenario
-from fedsim.datasets import Dataset, load_dataset
+from fedsim.config import Scenario, read_toml, scenario_from_dict
+from fedsim.datasets import DATASET_NAMES, DATASET_OPTIONS, Dataset, load_dataset
+from fedsim.engine.identity import node_id_of
 from fedsim.engine.reachable import ReachableGrid
-from fedsim.errors import ScenarioError
+from fedsim.errors import FedsimError, RunError, ScenarioError
 from fedsim.loop import LoopSettings, run_rounds
 from fedsim.models import build_model
 from fedsim.participation import build_faults, build_pattern
-from fedsim.partition import class_balanced_indices, partition_indices, split_each
+from fedsim.partition import (
+    class_balanced_indices,
+    label_distribution,
+    partition_indices,
+    split_each,
+)
 from fedsim.plugins import load_object
-from fedsim.results import FINAL_MODEL_FILE, RunWriter, atomic_write_bytes
+from fedsim.results import FINAL_MODEL_FILE, SCENARIO_FILE, RunWriter, atomic_write_bytes
 from fedsim.seeding import rng
 from fedsim.strategies import build_strategy, declared_parameters, resolve_strategy_class
 
@@ -113,10 +136,14 @@ def carve_proxy(
     return replace(dataset, x_train=dataset.x_train[keep], y_train=dataset.y_train[keep]), proxy
 
 
-def prepare_data(
-    scenario: Scenario, directory: Path, proxy: ProxyRequest | None = None
-) -> tuple[ClientDataStore, tuple[np.ndarray, np.ndarray] | None]:
-    """Load, partition and store the scenario's data once (memory-mapped afterwards)."""
+def partition_data(
+    scenario: Scenario, proxy: ProxyRequest | None = None
+) -> tuple[Dataset, list[np.ndarray], list[np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """Load and partition the scenario's data in memory, writing nothing.
+
+    Returns the data set (proxy set removed), each client's training and local test
+    indices into it, and the proxy set (None unless ``proxy`` asks for one).
+    """
     data = scenario.data
     assert data.dataset is not None
     dataset = load_dataset(
@@ -156,10 +183,186 @@ def prepare_data(
     train_parts, test_parts = split_each(
         parts, data.client_test_fraction, rng(scenario.seed, "client-test-split")
     )
+    return dataset, train_parts, test_parts, proxy_data
+
+
+def prepare_data(
+    scenario: Scenario, directory: Path, proxy: ProxyRequest | None = None
+) -> tuple[ClientDataStore, tuple[np.ndarray, np.ndarray] | None]:
+    """Load, partition and store the scenario's data once (memory-mapped afterwards)."""
+    dataset, train_parts, test_parts, proxy_data = partition_data(scenario, proxy)
     return ClientDataStore.write(directory, dataset, train_parts, test_parts), proxy_data
 
 
-def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
+def client_label_distribution(scenario: Scenario) -> np.ndarray | None:
+    """Each client's training label mix (N × C, rows sum to 1) exactly as a run of
+    ``scenario`` partitions its data, without writing the store; None without a dataset.
+
+    It is what :func:`prepare` hands to the participation pattern (label-based rates
+    p_n), so ``fedsim participation`` draws the same matrix the run will see.
+    """
+    if scenario.data.dataset is None:
+        return None
+    strategy_class = resolve_strategy_class(
+        scenario.strategy_name, source=scenario.source, base_dir=scenario.base_dir
+    )
+    declared, _ = declared_parameters(strategy_class)
+    options = scenario.strategy_options
+    proxy = proxy_request(scenario, options) if "proxy_data" in declared else None
+    dataset, train_parts, _, _ = partition_data(scenario, proxy)
+    return label_distribution(dataset.y_train, train_parts, dataset.num_classes)
+
+
+# Stand-ins for the data's shape in :func:`validate`: every built-in model accepts them.
+PLACEHOLDER_INPUT_SHAPE = (3, 32, 32)
+PLACEHOLDER_CLASSES = 10
+
+
+def check_model_table(scenario: Scenario) -> None:
+    """The [model] table is there and, without a dataset, names a factory."""
+    if not scenario.model:
+        raise ScenarioError(
+            scenario.source, "model", "a [model] and a [data] dataset (the server's initial model)"
+        )
+    if scenario.data.dataset is None and "factory" not in scenario.model:
+        raise ScenarioError(
+            scenario.source, "model.name", "a [model] factory when [data] has no dataset"
+        )
+
+
+def load_user_app(scenario: Scenario) -> ClientApp | None:
+    """The user's ClientApp named by ``client.app``; None for fedsim's own."""
+    if scenario.client.app is None:
+        return None
+    app = load_object(
+        scenario.client.app, base_dir=scenario.base_dir, source=scenario.source, key="client.app"
+    )
+    if not isinstance(app, ClientApp):
+        raise ScenarioError(
+            scenario.source, "client.app", "a flwr ClientApp", got=type(app).__name__
+        )
+    return app
+
+
+def _check_dataset_keys(scenario: Scenario) -> None:
+    name = scenario.data.dataset
+    if name is None:
+        return
+    if name not in DATASET_OPTIONS:
+        raise ScenarioError(
+            scenario.source, "data.dataset", f"one of {', '.join(DATASET_NAMES)}", got=name
+        )
+    for key in scenario.data.options:
+        if key not in DATASET_OPTIONS[name]:
+            known = ", ".join(sorted(DATASET_OPTIONS[name])) or "none besides the common keys"
+            raise ScenarioError(
+                scenario.source, f"data.{key}", f"a key that dataset '{name}' takes ({known})"
+            )
+
+
+def _check_model_options(scenario: Scenario) -> Callable[[], torch.nn.Module]:
+    """Built-in models are built on the meta device (no memory) with placeholder data
+    dimensions; a factory is only imported (its checks need the data's real shape)."""
+    spec = scenario.model
+    if "factory" in spec and "name" not in spec:
+        factory = spec["factory"]
+        if not isinstance(factory, str):
+            raise ScenarioError(
+                scenario.source, "model.factory", '"path/to/file.py:name"', got=factory
+            )
+        make = load_object(
+            factory, base_dir=scenario.base_dir, source=scenario.source, key="model.factory"
+        )
+        if not callable(make):
+            raise ScenarioError(scenario.source, "model.factory", "a callable", got=factory)
+
+        def placeholder() -> torch.nn.Module:
+            return torch.nn.Linear(1, 1, device="meta")
+
+        return placeholder
+    build = functools.partial(
+        build_model,
+        spec,
+        input_shape=PLACEHOLDER_INPUT_SHAPE,
+        num_classes=PLACEHOLDER_CLASSES,
+        seed=scenario.seed,
+        source=scenario.source,
+        base_dir=scenario.base_dir,
+    )
+
+    def on_meta() -> torch.nn.Module:
+        with torch.device("meta"):
+            return build()
+
+    on_meta()
+    return on_meta
+
+
+def validate(scenario: Scenario) -> None:
+    """Check every option of ``scenario`` that can be checked without loading its data.
+
+    Runs before anything is written or started: the strategy class and its
+    options (the strategy is built once against placeholder data), the proxy-set
+    keys, the data set's name and keys, the model table (built-in models on
+    the meta device, factories imported), the participation pattern and faults
+    (label-based rates against a placeholder label mix), trace, script,
+    topology and plugin files, and the user ClientApp. What needs the data
+    itself (a data set's values and files, the model against the data's real
+    shape) is checked when the data is loaded. Raises a ScenarioError.
+    """
+    strategy_class = resolve_strategy_class(
+        scenario.strategy_name, source=scenario.source, base_dir=scenario.base_dir
+    )
+    options = scenario.strategy_options
+    declared, _ = declared_parameters(strategy_class)
+    if "proxy_data" in declared:
+        proxy_request(scenario, options)
+    _check_dataset_keys(scenario)
+    check_model_table(scenario)
+    model_factory = _check_model_options(scenario)
+    num_clients, seed = scenario.data.num_clients, scenario.seed
+    labels = None
+    if scenario.data.dataset is not None:
+        labels = np.full((num_clients, PLACEHOLDER_CLASSES), 1.0 / PLACEHOLDER_CLASSES)
+    build_pattern(
+        scenario.participation,
+        num_clients=num_clients,
+        seed=seed,
+        label_distribution=labels,
+        source=scenario.source,
+        base_dir=scenario.base_dir,
+    )
+    build_faults(
+        scenario.participation,
+        num_clients=num_clients,
+        seed=seed,
+        source=scenario.source,
+        base_dir=scenario.base_dir,
+    )
+    load_user_app(scenario)
+    if scenario.client.app is None and scenario.data.dataset is None:
+        raise ScenarioError(scenario.source, "data.dataset", "a dataset for fedsim's ClientApp")
+    node_ids = [node_id_of(c) for c in range(num_clients)]
+    context: dict[str, Any] = {
+        "num_clients": num_clients,
+        "node_ids": node_ids,
+        "seed": seed,
+        "device": "cpu",
+        "scenario_file": scenario.source,
+        "model_factory": model_factory,
+        "proxy_data": (np.zeros((1, 1), np.float32), np.zeros(1, np.int64)),
+        "participation_probabilities": dict.fromkeys(node_ids, 1.0),
+    }
+    build_strategy(strategy_class, options, context=context, source=scenario.source)
+
+
+def prepare(
+    scenario: Scenario,
+    run_dir: Path,
+    *,
+    data: tuple[ClientDataStore, tuple[np.ndarray, np.ndarray] | None] | None = None,
+) -> Prepared:
+    """Everything but the engine. ``data``: an existing store and proxy set (on resume)."""
     strategy_class = resolve_strategy_class(
         scenario.strategy_name, source=scenario.source, base_dir=scenario.base_dir
     )
@@ -173,15 +376,12 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
     proxy_data = None
     model_factory = None
     if scenario.data.dataset is not None:
-        store, proxy_data = prepare_data(scenario, run_dir / DATA_DIR, proxy)
+        store, proxy_data = data or prepare_data(scenario, run_dir / DATA_DIR, proxy)
         counts = store.label_counts().astype(float)
         totals = counts.sum(axis=1, keepdims=True)
         labels = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    check_model_table(scenario)
     if scenario.model:
-        if store is None and "factory" not in scenario.model:
-            raise ScenarioError(
-                scenario.source, "model.name", "a [model] factory when [data] has no dataset"
-            )
         # Without a dataset (a user ClientApp loads its own), a factory gets placeholder
         # input_shape/num_classes; such a factory should not declare them.
         model_factory = functools.partial(
@@ -210,17 +410,9 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
         source=scenario.source,
         base_dir=scenario.base_dir,
     )
-    if scenario.client.app is not None:
-        app = load_object(
-            scenario.client.app,
-            base_dir=scenario.base_dir,
-            source=scenario.source,
-            key="client.app",
-        )
-        if not isinstance(app, ClientApp):
-            raise ScenarioError(
-                scenario.source, "client.app", "a flwr ClientApp", got=type(app).__name__
-            )
+    user_app = load_user_app(scenario)
+    if user_app is not None:
+        app = user_app
     else:
         if store is None:
             raise ScenarioError(scenario.source, "data.dataset", "a dataset for fedsim's ClientApp")
@@ -305,14 +497,46 @@ def discover_nodes(grid: Grid, num_clients: int, timeout: float) -> dict[int, in
     return mapping
 
 
+@dataclass
+class RunControl:
+    """How a caller steers a run: progress callback, stop request, resume point.
+
+    ``stop``: once set (the CLI sets it on Ctrl-C), the run ends after the current
+    round, writes a checkpoint and the results so far, and raises RunInterrupted.
+    """
+
+    on_round_end: Callable[[int, float | None], None] | None = None
+    stop: threading.Event | None = None
+    resume: Checkpoint | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        """Wall time of the run so far, earlier sessions of a resumed run included."""
+        before = self.resume.elapsed_s if self.resume is not None else 0.0
+        return before + time.monotonic() - self.started
+
+
+def _origin(scenario: Scenario) -> tuple[str, str]:
+    """The scenario file and folder as absolute paths (a resume may run elsewhere)."""
+    source = scenario.source
+    if Path(source).is_file():
+        source = str(Path(source).resolve())
+    return source, str(Path(scenario.base_dir).resolve())
+
+
 def run_session(
     prepared: Prepared,
     grid: Grid,
     node_of_client: dict[int, int],
     writer: RunWriter,
-    on_round_end: Callable[[int, float | None], None] | None = None,
+    control: RunControl | None = None,
 ) -> ArrayRecord:
-    """Build the strategy for this grid and run every round."""
+    """Build the strategy for this grid and run every round (from a checkpoint, if any).
+
+    Checkpoints need the grid's per-node Contexts (``RayGrid.contexts``); Flower's
+    own engine keeps them out of reach, so under it no checkpoint is written.
+    """
+    control = control or RunControl()
     scenario = prepared.scenario
     server_device = resolve_device(scenario.engine.server_device)
     reachable = ReachableGrid(
@@ -351,23 +575,78 @@ def run_session(
         central=central_evaluator(prepared, server_device),
         federated=scenario.evaluate.federated,
         train_config={},
+        max_failures=scenario.engine.max_failures_per_round,
+        max_failure_fraction=scenario.engine.max_failure_fraction,
     )
-
-    def round_end(rnd: int, _arrays: ArrayRecord) -> None:
-        if scenario.checkpoint_every and rnd % scenario.checkpoint_every == 0:
-            writer.flush()
-        if on_round_end is not None:
-            on_round_end(rnd, writer.latest(keys.PHASE_CENTRAL, "accuracy"))
-
+    contexts: dict[int, Context] | None = getattr(grid, "contexts", None)
     assert prepared.initial_arrays is not None
+    arrays, first_round = prepared.initial_arrays, 1
+    if control.resume is not None:
+        if contexts is None:
+            raise RunError(f"{prepared.run_dir}: this engine cannot resume a run")
+        resume = control.resume
+        restore_strategy(strategy, resume.strategy)
+        contexts.clear()
+        pass  # MUTATION
+        arrays, first_round = arrays_from_numpy(resume.arrays), resume.round + 1
+        restore_rng(resume.rng)
+    unsaved: list[str] = []
+
+    def checkpoint(rnd: int, arrays: ArrayRecord) -> bool:
+        writer.flush()
+        if contexts is None or unsaved:
+            return False
+        source, base_dir = _origin(scenario)
+        try:
+            state = strategy_state(strategy)
+        except Exception as error:  # whatever pickling a user strategy's attributes raises
+            unsaved.append(f"{type(error).__name__}: {error}")
+            writer.event(rnd, "checkpoint_failed", reason=f"strategy state: {unsaved[0]}")
+            writer.flush()
+            return False
+        save_checkpoint(
+            prepared.run_dir,
+            Checkpoint(
+                round=rnd,
+                arrays=arrays_to_numpy(arrays),
+                strategy=state,
+                contexts=dict(contexts),
+                results=writer.snapshot(),
+                source=source,
+                base_dir=base_dir,
+                elapsed_s=control.elapsed(),
+                proxy_data=prepared.proxy_data,
+                rng=rng_state(),
+            ),
+        )
+        return True
+
+    def round_end(rnd: int, arrays: ArrayRecord) -> None:
+        last = rnd == scenario.rounds
+        stopping = control.stop is not None and control.stop.is_set() and not last
+        every = scenario.checkpoint_every
+        saved = False
+        if stopping or (every and rnd % every == 0 and not last):
+            saved = checkpoint(rnd, arrays)
+        if control.on_round_end is not None:
+            control.on_round_end(rnd, writer.latest(keys.PHASE_CENTRAL, "accuracy"))
+        if stopping:
+            raise RunInterrupted(rnd, scenario.rounds, prepared.run_dir, resumable=saved)
+
     return run_rounds(
         grid=reachable,
         strategy=strategy,
-        arrays=prepared.initial_arrays,
+        arrays=arrays,
         settings=settings,
         writer=writer,
+        first_round=first_round,
         on_round_end=round_end,
     )
+
+
+# The longest a Ray actor may take to start (import torch, open the data): not the
+# clients' time, so not engine.timeout unless that is longer.
+ACTOR_START_TIMEOUT_S = 300.0
 
 
 def default_num_actors(scenario: Scenario, resources: dict[str, float]) -> int:
@@ -381,10 +660,9 @@ def default_num_actors(scenario: Scenario, resources: dict[str, float]) -> int:
     return max(1, min(count, scenario.data.num_clients))
 
 
-def run_on_ray(prepared: Prepared, writer: RunWriter, on_round_end: Any) -> ArrayRecord:
+def run_on_ray(prepared: Prepared, writer: RunWriter, control: RunControl) -> ArrayRecord:
     import ray
 
-    from fedsim.engine.identity import node_id_of
     from fedsim.engine.ray_grid import RayGrid
 
     scenario = prepared.scenario
@@ -402,17 +680,18 @@ def run_on_ray(prepared: Prepared, writer: RunWriter, on_round_end: Any) -> Arra
         num_actors=default_num_actors(scenario, ray.cluster_resources()),
         num_cpus_per_actor=scenario.engine.num_cpus_per_client,
         num_gpus_per_actor=scenario.engine.num_gpus_per_client,
+        start_timeout=max(scenario.engine.timeout, ACTOR_START_TIMEOUT_S),
     )
     try:
         mapping = {c: node_id_of(c) for c in range(scenario.data.num_clients)}
-        return run_session(prepared, grid, mapping, writer, on_round_end)
+        return run_session(prepared, grid, mapping, writer, control)
     finally:
         grid.shutdown()
         if started_ray:
             ray.shutdown()
 
 
-def run_on_flower(prepared: Prepared, writer: RunWriter, on_round_end: Any) -> ArrayRecord:
+def run_on_flower(prepared: Prepared, writer: RunWriter, control: RunControl) -> ArrayRecord:
     """The same scenario through Flower's own ``run_simulation`` (for parity checks)."""
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
@@ -425,7 +704,7 @@ def run_on_flower(prepared: Prepared, writer: RunWriter, on_round_end: Any) -> A
     def main(grid: Grid, context: Context) -> None:
         try:
             mapping = discover_nodes(grid, scenario.data.num_clients, scenario.engine.timeout)
-            outcome["arrays"] = run_session(prepared, grid, mapping, writer, on_round_end)
+            outcome["arrays"] = run_session(prepared, grid, mapping, writer, control)
         except BaseException as error:  # re-raised in the caller's thread
             outcome["error"] = error
 
@@ -454,13 +733,86 @@ def run_scenario(
     run_dir: Path,
     *,
     on_round_end: Callable[[int, float | None], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Run a scenario into ``run_dir``; returns the directory and the summary."""
-    started = time.time()
+    """Run a scenario into ``run_dir``; returns the directory and the summary.
+
+    ``stop``: set it (from a signal handler, another thread) to end the run after
+    the current round with a checkpoint; :class:`RunInterrupted` is raised then.
+    """
+    validate(scenario)
+    control = RunControl(on_round_end=on_round_end, stop=stop)
     writer = RunWriter(run_dir, scenario.raw)
-    prepared = prepare(scenario, run_dir)
-    engine = run_on_flower if scenario.engine.kind == "flower" else run_on_ray
-    arrays = engine(prepared, writer, on_round_end)
+    return run_dir, _execute(scenario, run_dir, writer, control, None)
+
+
+def resume_run(
+    run_dir: Path,
+    *,
+    on_round_end: Callable[[int, float | None], None] | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Continue an unfinished run from its checkpoint; returns the directory and summary.
+
+    The scenario is rebuilt from the run's own ``scenario.toml`` (relative paths
+    resolved against the original scenario's folder) and its ``client_data`` store;
+    the state is the checkpoint's. The final results equal those of an
+    uninterrupted run (timing rows aside). Raises a FedsimError naming the
+    directory when it holds no unfinished run.
+    """
+    run_dir = Path(run_dir)
+    checkpoint = load_checkpoint(run_dir)
+    raw = read_toml(run_dir / SCENARIO_FILE)
+    scenario = scenario_from_dict(raw, source=checkpoint.source, base_dir=Path(checkpoint.base_dir))
+    if scenario.engine.kind == "flower":
+        raise FedsimError(f"{run_dir}: runs on Flower's engine cannot be resumed")
+    validate(scenario)
+    writer = RunWriter(run_dir, scenario.raw)
+    writer.restore(checkpoint.results)
+    writer.event(checkpoint.round, "resumed", after_round=checkpoint.round)
+    control = RunControl(on_round_end=on_round_end, stop=stop, resume=checkpoint)
+    data = _stored_data(scenario, run_dir, checkpoint)
+    return run_dir, _execute(scenario, run_dir, writer, control, data)
+
+
+def _stored_data(
+    scenario: Scenario, run_dir: Path, checkpoint: Checkpoint
+) -> tuple[ClientDataStore, tuple[np.ndarray, np.ndarray] | None] | None:
+    """The run's client data store, if it is there and opens (else it is rebuilt)."""
+    if scenario.data.dataset is None:
+        return None
+    try:
+        store = ClientDataStore.open(run_dir / DATA_DIR)
+    except (OSError, ValueError):
+        return None
+    if store.num_clients != scenario.data.num_clients:
+        return None
+    return store, checkpoint.proxy_data
+
+
+def _execute(
+    scenario: Scenario,
+    run_dir: Path,
+    writer: RunWriter,
+    control: RunControl,
+    data: tuple[ClientDataStore, tuple[np.ndarray, np.ndarray] | None] | None,
+) -> dict[str, Any]:
+    """Prepare, run the rounds, write the final model and the summary.
+
+    A run that stops on an error still flushes its results so far, with the
+    error as a ``run_stopped`` event.
+    """
+    try:
+        prepared = prepare(scenario, run_dir, data=data)
+        engine = run_on_flower if scenario.engine.kind == "flower" else run_on_ray
+        arrays = engine(prepared, writer, control)
+    except RunInterrupted:
+        raise
+    except BaseException as error:
+        reason = f"{type(error).__name__}: {error}"
+        writer.event(writer.last_round(), "run_stopped", reason=reason)
+        writer.flush()
+        raise
     buffer = io.BytesIO()
     np.savez(buffer, **{name: arrays[name].numpy() for name in arrays})  # type: ignore[arg-type]
     atomic_write_bytes(run_dir / FINAL_MODEL_FILE, buffer.getvalue())
@@ -468,9 +820,10 @@ def run_scenario(
         "name": scenario.name,
         "rounds": scenario.rounds,
         "engine": scenario.engine.kind,
-        "wall_time_s": time.time() - started,
+        "wall_time_s": control.elapsed(),
         "final_accuracy": writer.latest(keys.PHASE_CENTRAL, "accuracy"),
         "final_loss": writer.latest(keys.PHASE_CENTRAL, "loss"),
     }
     writer.finish(summary)
-    return run_dir, summary
+    remove_checkpoint(run_dir)
+    return summary

@@ -1,24 +1,37 @@
 """fedsim's engine: Flower's ``Grid`` over a pool of long-lived Ray actors.
 
-The strategy pushes messages; the grid hands each to an idle actor together
-with that node's ``Context`` (partition id, persistent state), collects the
-reply and the updated context, and returns the replies in the order the
-messages were sent, so aggregation order, and therefore the model, does not
-depend on which actor finished first. Nothing polls: the driver blocks in
-``ray.wait``. A message's content is put in Ray's object store once however
-many nodes it goes to.
+The strategy pushes messages; the grid hands them to idle actors in batches,
+each message with its node's ``Context`` (partition id, persistent state),
+collects the replies and the updated contexts, and returns the replies in the
+order the messages were sent, so aggregation order, and therefore the model,
+does not depend on which actor finished first. Nothing polls: the driver
+blocks in ``ray.wait``.
+
+What a round costs besides training is paid per round, not per message: a
+message's content is pickled and put in Ray's object store once however many
+nodes it goes to, and a round's messages travel in about ``CALLS_PER_ACTOR``
+calls per actor (a Ray call costs milliseconds of scheduling and object-store
+traffic, as much as a small client's training). ``stats`` adds up where the
+driver's time went (see benchmarks/).
 
 Failure policy: a ClientApp that raises yields a Flower error reply; an actor
-that dies yields an error reply for the message it held and is replaced; a
-message still running at the timeout yields no reply (Flower's semantics) and
-its actor is replaced so that the next round starts clean.
+that dies yields an error reply for the message it held and is replaced (when
+it held a batch, the batch's messages are run again one per call, so that only
+a message that kills an actor on its own is answered with the error); messages
+whose call has not returned at the timeout yield no reply (Flower's semantics:
+with a batch, that is every message of the batch) and their actors are
+replaced so that the next round starts clean.
 """
 
 from __future__ import annotations
 
+import math
+import pickle
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -29,8 +42,34 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedsim import keys
-from fedsim.engine.actor import ClientActor, error_reply
+from fedsim.engine.actor import BatchItem, ClientActor, error_reply
 from fedsim.engine.identity import node_id_of, set_identity
+from fedsim.errors import RunError
+
+# A round's messages go out in about this many calls per actor (later calls go to whichever
+# actor is free, which evens out clients of unequal cost); a call carries at most MAX_BATCH.
+CALLS_PER_ACTOR = 2
+MAX_BATCH = 32
+STAT_KEYS = ("dispatch_s", "wait_s", "collect_s", "actor_busy_s", "calls", "messages")
+
+
+def batch_size(num_messages: int, num_actors: int) -> int:
+    """Messages per call: about ``CALLS_PER_ACTOR`` calls per actor, at most ``MAX_BATCH``.
+
+    >>> batch_size(10, 1), batch_size(50, 2), batch_size(3, 4), batch_size(1000, 2)
+    (5, 13, 1, 32)
+    """
+    wanted = math.ceil(num_messages / (CALLS_PER_ACTOR * max(num_actors, 1)))
+    return max(1, min(MAX_BATCH, wanted))
+
+
+@dataclass
+class _Call:
+    """One submitted ``run_batch`` call: its actor slot, messages and result."""
+
+    actor: int
+    messages: list[Message]
+    future: ray.ObjectRef
 
 
 class RayGrid(Grid):
@@ -50,6 +89,7 @@ class RayGrid(Grid):
         num_gpus_per_actor: float = 0.0,
         run_id: int = 1,
         run_config: dict[str, Any] | None = None,
+        start_timeout: float | None = None,
     ) -> None:
         self._run = Run.create_empty(run_id)
         self.num_clients = num_clients
@@ -60,8 +100,18 @@ class RayGrid(Grid):
         self.contexts: dict[int, Context] = {}
         self._replies: dict[str, Message] = {}
         self._pending: dict[str, Message] = {}
+        self.stats: dict[str, float] = dict.fromkeys(STAT_KEYS, 0.0)
+        self._start_timeout = start_timeout
+        self._starting: list[ray.ObjectRef] = []  # ready() of replacement actors
         self.actors = [self._new_actor() for _ in range(num_actors)]
-        ray.get([actor.ready.remote() for actor in self.actors])
+        try:
+            ray.get([actor.ready.remote() for actor in self.actors], timeout=start_timeout)
+        except ray.exceptions.GetTimeoutError as error:
+            self.shutdown()
+            raise RunError(
+                f"Ray did not start {num_actors} client actors within {start_timeout:g} s: "
+                "does the cluster have the CPUs/GPUs per client asked for?"
+            ) from error
         set_identity(run_id)
 
     def _new_actor(self) -> Any:
@@ -137,45 +187,97 @@ class RayGrid(Grid):
     # --- scheduling -----------------------------------------------------------
 
     def _dispatch(self, messages: list[Message], *, timeout: float | None) -> None:
+        self._await_replacements()
         deadline = None if timeout is None else time.monotonic() + timeout
-        content_refs: dict[int, ray.ObjectRef] = {}
-        queue = list(reversed(messages))
+        size = batch_size(len(messages), len(self.actors))
+        contents: dict[int, ray.ObjectRef] = {}
+        pending: deque[tuple[Message, bool]] = deque((m, False) for m in messages)
         idle = list(range(len(self.actors)))
-        running: dict[ray.ObjectRef, tuple[int, Message]] = {}
-        while queue or running:
-            while queue and idle:
-                message = queue.pop()
-                actor_index = idle.pop()
-                key = id(message.content)
-                if key not in content_refs:
-                    content_refs[key] = ray.put(message.content)
-                future = self.actors[actor_index].run.remote(
-                    content_refs[key],
-                    message.metadata,
-                    self.context(message.metadata.dst_node_id),
-                )
-                running[future] = (actor_index, message)
+        running: dict[ray.ObjectRef, _Call] = {}
+        while pending or running:
+            started = time.perf_counter()
+            while pending and idle:
+                call = self._submit(idle.pop(), self._take(pending, size), contents)
+                running[call.future] = call
+            waited = time.perf_counter()
+            self.stats["dispatch_s"] += waited - started
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(list(running), num_returns=1, timeout=left)
+            collected = time.perf_counter()
+            self.stats["wait_s"] += collected - waited
             if not done:  # timeout: unanswered messages get no reply, as in Flower
-                for future, (actor_index, _) in running.items():
-                    ray.cancel(future, force=True)
-                    self._replace_actor(actor_index)
+                for call in running.values():
+                    self._replace_actor(call.actor)
                 return
-            for future in done:
-                actor_index, message = running.pop(future)
-                try:
-                    reply, context = ray.get(future)
-                    self.contexts[message.metadata.dst_node_id] = context
-                except ray.exceptions.RayActorError as error:
-                    reply = error_reply(message, f"actor died: {error}", ErrorCode.NODE_UNAVAILABLE)
-                    self._replace_actor(actor_index)
-                self._replies[message.metadata.message_id] = reply
-                idle.append(actor_index)
+            call = running.pop(done[0])
+            try:
+                self._collect(call)
+            except ray.exceptions.RayActorError as error:
+                self._actor_died(call, error, pending)
+            idle.append(call.actor)
+            self.stats["collect_s"] += time.perf_counter() - collected
+
+    @staticmethod
+    def _take(pending: deque[tuple[Message, bool]], size: int) -> list[Message]:
+        """The next batch: up to ``size`` messages, or one message marked to run alone."""
+        message, alone = pending.popleft()
+        batch = [message]
+        while not alone and pending and len(batch) < size and not pending[0][1]:
+            batch.append(pending.popleft()[0])
+        return batch
+
+    def _submit(
+        self, actor: int, messages: list[Message], contents: dict[int, ray.ObjectRef]
+    ) -> _Call:
+        """Send a batch to an actor; each distinct content is pickled and put once a round."""
+        refs: list[ray.ObjectRef] = []
+        slot: dict[int, int] = {}
+        items: list[BatchItem] = []
+        for message in messages:
+            key = id(message.content)
+            if key not in contents:
+                contents[key] = ray.put(pickle.dumps(message.content, pickle.HIGHEST_PROTOCOL))
+            if key not in slot:
+                slot[key] = len(refs)
+                refs.append(contents[key])
+            items.append((slot[key], message.metadata, self.context(message.metadata.dst_node_id)))
+        self.stats["calls"] += 1
+        self.stats["messages"] += len(items)
+        future = self.actors[actor].run_batch.remote(items, *refs)
+        return _Call(actor, messages, future)
+
+    def _collect(self, call: _Call) -> None:
+        """Store a returned call's replies and updated contexts."""
+        results, busy = ray.get(call.future)
+        self.stats["actor_busy_s"] += busy
+        for message, (reply, context) in zip(call.messages, results, strict=True):
+            self.contexts[message.metadata.dst_node_id] = context
+            self._replies[message.metadata.message_id] = reply
+
+    def _actor_died(
+        self, call: _Call, error: Exception, pending: deque[tuple[Message, bool]]
+    ) -> None:
+        """The actor of ``call`` died: replace it; answer a lone message with the error,
+        send a batch again one message per call (so only a message that kills an actor
+        on its own is answered with the error)."""
+        self._replace_actor(call.actor)
+        if len(call.messages) > 1:
+            pending.extendleft((m, True) for m in reversed(call.messages))
+            return
+        message = call.messages[0]
+        reply = error_reply(message, f"actor died: {error}", ErrorCode.NODE_UNAVAILABLE)
+        self._replies[message.metadata.message_id] = reply
+
+    def _await_replacements(self) -> None:
+        """Let replacement actors start before a dispatch's clock does (not clients' time)."""
+        if self._starting:
+            ray.wait(self._starting, num_returns=len(self._starting), timeout=self._start_timeout)
+            self._starting = []
 
     def _replace_actor(self, index: int) -> None:
         ray.kill(self.actors[index], no_restart=True)
         self.actors[index] = self._new_actor()
+        self._starting.append(self.actors[index].ready.remote())
 
     def shutdown(self) -> None:
         """Stop the actors (the Ray runtime itself is left to its owner)."""

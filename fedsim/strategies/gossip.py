@@ -41,9 +41,9 @@ Each round the aggregate-train metrics carry ``consensus_distance`` (mean L2
 distance of the node models to their average, running statistics excluded),
 ``variance_ratio`` (per tensor, the variance after merging over the
 mixing-weighted mean variance of the models merged, averaged over merging
-nodes and tensors: about 1/K for plain averaging of K uncorrelated models,
-about 1 with the correction) and ``merged_nodes``; the model returned for
-central evaluation is the average of all node models, and
+nodes and tensors weighted by tensor size: about 1/K for plain averaging of K
+uncorrelated models, about 1 with the correction) and ``merged_nodes``; the
+model returned for central evaluation is the average of all node models, and
 :meth:`DecentralizedStrategy.evaluate_nodes` evaluates every node's own model.
 
 Limitation: optimiser state stays local but does not persist — fedsim's
@@ -63,6 +63,7 @@ from flwr.common import MessageType
 from flwr.serverapp import Grid
 
 from fedsim.arrays import Layout
+from fedsim.models import xavier_init_
 from fedsim.seeding import torch_generator
 from fedsim.strategies.base import ServerUpdateStrategy
 from fedsim.strategies.client_state import ClientRows
@@ -83,29 +84,6 @@ RECEIVED = "received"
 # Mixing matrices at most this dense (and at least this large) are applied as sparse ones.
 SPARSE_MAX_DENSITY = 0.1
 SPARSE_MIN_NODES = 64
-
-
-def xavier_init_(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
-    """Xavier-uniform weights (every parameter with ≥ 2 dimensions), zero biases, in place.
-
-    Biases are zeroed in modules that have such a weight; other parameters
-    (norm affine) keep their defaults.
-
-    >>> layer = xavier_init_(torch.nn.Linear(3, 2), torch.Generator().manual_seed(0))
-    >>> layer.bias.tolist(), bool(layer.weight.abs().max() <= (6 / 5) ** 0.5)
-    ([0.0, 0.0], True)
-    """
-    with torch.no_grad():
-        for module in model.modules():
-            direct = dict(module.named_parameters(recurse=False))
-            if not any(p.dim() >= 2 for p in direct.values()):
-                continue
-            for name, parameter in direct.items():
-                if parameter.dim() >= 2:
-                    torch.nn.init.xavier_uniform_(parameter, generator=generator)
-                elif name.startswith("bias"):
-                    torch.nn.init.zeros_(parameter)
-    return model
 
 
 def received_matrix(graph_adjacency: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -276,9 +254,8 @@ class DecentralizedStrategy(ServerUpdateStrategy):
         assert self.model_factory is not None
         models = torch.empty((self.num_clients, layout.size), device=self.device)
         for vertex in range(self.num_clients):
-            model = xavier_init_(
-                self.model_factory(), torch_generator(self.seed, "gossip-init", vertex)
-            )
+            model = self.model_factory()
+            xavier_init_(model, torch_generator(self.seed, "gossip-init", vertex))
             state = model.state_dict()
             if set(state) != set(layout.names):
                 raise ValueError(
@@ -424,14 +401,22 @@ def consensus_distance(models: torch.Tensor, segments: Segments) -> float:
 def variance_ratio(
     merged: torch.Tensor, expected: torch.Tensor, segments: Segments
 ) -> float | None:
-    """Mean over rows and corrected tensors of Var(merged) / ``expected`` (zero ones skipped).
+    """Var(merged) / ``expected`` over rows and corrected tensors, weighted by tensor size.
 
     ``expected`` is ``(M, S)``, the mixing-weighted mean variance of the models
-    each row merged; ``None`` when no entry has a positive one.
+    each row merged; entries where it is zero are skipped, and ``None`` is
+    returned when none is positive. Weighting by the number of elements makes
+    the ratio the share of variance kept per parameter: small tensors (biases
+    that start at zero and whose variance stays far below ε, which the
+    correction then barely rescales) do not drown out the weight matrices.
 
     >>> segments = Segments.of(["w", "v"], [2, 2])
     >>> variance_ratio(torch.tensor([[0.0, 2.0, 1.0, 1.0]]), torch.tensor([[4.0, 0.0]]), segments)
     0.5
+    >>> segments = Segments.of(["w", "b"], [3, 2])  # ratios 1 (3 elements) and 0.5 (2)
+    >>> variance_ratio(torch.tensor([[0.0, 1.0, 2.0, 0.0, 1.0]]),
+    ...                torch.tensor([[1.0, 1.0]]), segments)
+    0.8
     """
     tensors = list(segments.corrected)
     if not tensors or merged.shape[0] == 0:
@@ -441,7 +426,13 @@ def variance_ratio(
     valid = before > 0
     if not bool(valid.any()):
         return None
-    return float((after[valid] / before[valid]).mean().item())
+    sizes = torch.tensor(
+        [segments.bounds[i][1] - segments.bounds[i][0] for i in tensors],
+        dtype=after.dtype,
+        device=after.device,
+    ).expand_as(after)
+    ratios = after[valid] / before[valid]
+    return float((ratios * sizes[valid]).sum().item() / sizes[valid].sum().item())
 
 
 class Gossip(DecentralizedStrategy):

@@ -1,0 +1,376 @@
+"""The benchmark command: ``python -m benchmarks.run [--quick] [--reps N] [--out DIR]``.
+
+For each workload (:mod:`benchmarks.workloads`) it runs the plain PyTorch loop, fedsim's
+Ray engine and Flower's ``run_simulation`` (fedsim's ``engine.kind = "flower"``), each in
+a fresh process (:mod:`benchmarks.worker`), alternating the ways within every repetition
+and rotating which goes first, so slow phases of a shared machine hit all of them. It
+prints and writes (``results.csv``, ``profile.csv``, ``raw.json`` in ``--out``):
+
+- per way: the median per-round wall time over the measured rounds (warm-up rounds
+  excluded), the median over repetitions, their spread, the ratio to the plain loop
+  (per repetition, then the median), start-up (Ray, actors, Flower's SuperLink), peak
+  memory, and the largest difference of the final model from the plain loop's;
+- for fedsim, where one round's time goes (configure, dispatch, training in the actors,
+  transport, collect, aggregation, bookkeeping) next to the plain loop's phases.
+
+``--quick`` runs a few rounds of small versions (what tests/test_benchmarks.py runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.measure import spread
+from benchmarks.workloads import Workload, cifar, scale, small, write_cifar_like, write_vectors
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUPS = ("small", "cifar", "scale")
+RESULT_COLUMNS = [
+    "workload",
+    "way",
+    "actors",
+    "device",
+    "reps",
+    "measured_rounds",
+    "round_ms",
+    "round_ms_min",
+    "round_ms_max",
+    "spread",
+    "ratio_to_plain",
+    "ratio_min",
+    "ratio_max",
+    "rounds_per_s",
+    "startup_s",
+    "prepare_s",
+    "peak_driver_mb",
+    "peak_tree_mb",
+    "max_abs_diff_vs_plain",
+    "gpu_util_mean",
+    "gpu_mem_mb",
+    "note",
+]
+PROFILE_PHASES = (
+    ("configure", "strategy.configure_train, participation admission"),
+    ("dispatch", "pickle content, ray.put, submit calls"),
+    ("training", "actor time per actor: unpickle, load, SGD, pack reply"),
+    ("transport", "driver waiting beyond actor time: Ray calls, reply transfer"),
+    ("collect", "ray.get of replies: deserialise, store contexts"),
+    ("aggregate", "strategy.aggregate_train"),
+    ("bookkeeping", "results rows, participation log, checks, callbacks"),
+)
+
+
+def plan(group: str, quick: bool, device: str, data: Path) -> list[Workload]:
+    """The workloads of one group, full size or ``quick``."""
+    if group == "small":
+        if quick:
+            return [small(rounds=3, warmup=1, actors=1)]
+        return [small(rounds=40, warmup=5, actors=1), small(rounds=40, warmup=5, actors=2)]
+    if group == "cifar":
+        clients, per_round, rounds, warmup = (20, 4, 2, 1) if quick else (1000, 50, 5, 1)
+        path = data / f"cifar-{clients}.npz"
+        if not path.exists():
+            write_cifar_like(path, clients * 50, 100)
+        if device == "cuda":
+            actor_counts: Sequence[int] = (1, 4)
+        else:
+            actor_counts = (1,) if quick else (1, 2)
+        ways = ("plain", "fedsim") if quick or device == "cuda" else ("plain", "fedsim", "flower")
+        return [cifar(path, clients, per_round, rounds, warmup, a, ways) for a in actor_counts]
+    if group == "scale":
+        sizes, rounds, warmup = ((2000, 200), 3, 1) if quick else ((100_000, 1000), 40, 5)
+        workloads = []
+        for clients in sizes:
+            path = data / f"vectors-{clients}.npz"
+            if not path.exists():
+                write_vectors(path, clients * 4, 32)
+            workloads.append(scale(path, clients, rounds, warmup, examples=4))
+        return workloads
+    raise ValueError(f"unknown workload group {group!r}; expected one of {GROUPS}")
+
+
+def run_one(
+    workload: Workload, way: str, rep: int, work: Path, cpus: int, device: str
+) -> dict[str, Any]:
+    """One measurement in a fresh process (see :mod:`benchmarks.worker`)."""
+    name = f"{workload.name}-{way}-{rep}"
+    spec = {
+        "workload": workload.name,
+        "way": way,
+        "rep": rep,
+        "scenario": workload.with_engine(cpus, device),
+        "run_dir": str(work / name),
+        "final_model": str(work / f"{name}.npz"),
+        "cpus": cpus,
+        "device": device,
+        "warmup": workload.warmup,
+    }
+    if way == "flower":
+        spec["scenario"]["engine"]["kind"] = "flower"
+    spec_path, result_path = work / f"{name}.spec.json", work / f"{name}.result.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", str(spec_path), str(result_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(result_path.read_text())
+    result["final_model"] = spec["final_model"]
+    return result
+
+
+def per_round_ms(result: dict[str, Any]) -> float:
+    """Median wall time of the measured rounds, in ms."""
+    measured = set(result["measured_rounds"])
+    times = [t for r, t in enumerate(result["round_s"], start=1) if r in measured]
+    return 1e3 * statistics.median(times or result["round_s"])
+
+
+def max_abs_diff(a: str, b: str) -> float:
+    with np.load(a) as left, np.load(b) as right:
+        return max(float(np.abs(left[k] - right[k]).max()) for k in left.files)
+
+
+def summarise(
+    workload: Workload, results: list[dict[str, Any]], device: str
+) -> list[dict[str, Any]]:
+    """One table row per way from all repetitions of ``workload``."""
+    by_rep: dict[int, dict[str, dict[str, Any]]] = {}
+    for result in results:
+        by_rep.setdefault(result["rep"], {})[result["way"]] = result
+    rows = []
+    for way in workload.ways:
+        runs = [reps[way] for reps in by_rep.values() if way in reps]
+        medians = [per_round_ms(r) for r in runs]
+        ratios = [
+            per_round_ms(reps[way]) / per_round_ms(reps["plain"])
+            for reps in by_rep.values()
+            if way in reps and "plain" in reps
+        ]
+        diffs = [
+            max_abs_diff(reps[way]["final_model"], reps["plain"]["final_model"])
+            for reps in by_rep.values()
+            if way in reps and "plain" in reps
+        ]
+        middle = statistics.median(medians)
+        row = {
+            "workload": workload.name,
+            "way": way,
+            "actors": workload.actors if way != "plain" else 1,
+            "device": device,
+            "reps": len(runs),
+            "measured_rounds": workload.measured_rounds,
+            "round_ms": middle,
+            "round_ms_min": min(medians),
+            "round_ms_max": max(medians),
+            "spread": spread(medians),
+            "ratio_to_plain": statistics.median(ratios) if ratios else float("nan"),
+            "ratio_min": min(ratios) if ratios else float("nan"),
+            "ratio_max": max(ratios) if ratios else float("nan"),
+            "rounds_per_s": 1e3 / middle,
+            "startup_s": statistics.median(r["startup_s"] for r in runs),
+            "prepare_s": statistics.median(r["prepare_s"] for r in runs),
+            "peak_driver_mb": statistics.median(r["peak_self_mb"] for r in runs),
+            "peak_tree_mb": statistics.median(r["peak_tree_mb"] for r in runs),
+            "max_abs_diff_vs_plain": max(diffs) if diffs else float("nan"),
+            "gpu_util_mean": _median_of(runs, "gpu_util_mean"),
+            "gpu_mem_mb": _median_of(runs, "gpu_mem_mb"),
+            "note": workload.note,
+        }
+        rows.append(row)
+    return rows
+
+
+def _median_of(runs: list[dict[str, Any]], key: str) -> float:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def profile(workload: Workload, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where one measured round of fedsim goes (ms, medians), next to the plain loop's."""
+    rows: list[dict[str, Any]] = []
+    fedsim = [r for r in results if r["way"] == "fedsim"]
+    plain = [r for r in results if r["way"] == "plain"]
+    if not fedsim:
+        return rows
+    phases: dict[str, list[float]] = {name: [] for name, _ in PROFILE_PHASES}
+    phases["round"] = []
+    for result in fedsim:
+        per_round = _fedsim_phases(result, workload.actors)
+        for name in phases:
+            phases[name].append(statistics.median(p[name] for p in per_round))
+    plain_phases: dict[str, float] = {}
+    if plain:
+        keyed = [r["plain_phases"] for r in plain]
+        plain_phases = {
+            "training": statistics.median(p["load_s"] + p["train_s"] + p["pack_s"] for p in keyed),
+            "aggregate": statistics.median(p["aggregate_s"] for p in keyed),
+            "round": statistics.median(per_round_ms(r) / 1e3 for r in plain),
+        }
+    meaning = dict(PROFILE_PHASES) | {"round": "wall time of a round"}
+    for name, values in phases.items():
+        rows.append(
+            {
+                "workload": workload.name,
+                "phase": name,
+                "fedsim_ms": 1e3 * statistics.median(values),
+                "plain_ms": 1e3 * plain_phases[name] if name in plain_phases else float("nan"),
+                "what": meaning[name],
+            }
+        )
+    return rows
+
+
+def _fedsim_phases(result: dict[str, Any], actors: int) -> list[dict[str, float]]:
+    out = []
+    previous: dict[str, float] = {}
+    for rnd in sorted(int(r) for r in result["grid"]):
+        grid = result["grid"][str(rnd)]
+        delta = {k: v - previous.get(k, 0.0) for k, v in grid.items()}
+        previous = grid
+        if rnd not in set(result["measured_rounds"]):
+            continue
+        loop = result["loop"][str(rnd)]
+        total = result["round_s"][rnd - 1]
+        grid_s = delta["dispatch_s"] + delta["wait_s"] + delta["collect_s"]
+        training = delta["actor_busy_s"] / max(actors, 1)
+        out.append(
+            {
+                "configure": loop["clients_s"] - grid_s,
+                "dispatch": delta["dispatch_s"],
+                "training": training,
+                "transport": delta["wait_s"] - training,
+                "collect": delta["collect_s"],
+                "aggregate": loop["aggregate_s"],
+                "bookkeeping": total - loop["clients_s"] - loop["aggregate_s"],
+                "round": total,
+            }
+        )
+    return out
+
+
+def machine() -> str:
+    """A one-line description of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        load = "n/a"
+    return f"{cpu}, {os.cpu_count()} CPUs visible, load average {load}"
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A Markdown table of ``rows`` (floats with 3 significant digits).
+
+    >>> print(format_table([{"a": 1.23456, "b": "x"}], ["a", "b"]))
+    | a | b |
+    | --- | --- |
+    | 1.23 | x |
+    """
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "" if value != value else f"{value:.3g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few rounds")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (3; quick: 1)")
+    parser.add_argument(
+        "--workloads", default=",".join(GROUPS), help=f"comma-separated, of {', '.join(GROUPS)}"
+    )
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs Ray may use")
+    parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = parse(argv)
+    reps = args.reps or (1 if args.quick else 3)
+    groups = [g.strip() for g in args.workloads.split(",") if g.strip()]
+    args.out.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"fedsim benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {machine()}\n"
+        f"command: python -m benchmarks.run {' '.join(argv if argv is not None else sys.argv[1:])}"
+    )
+    print(header, flush=True)
+    rows: list[dict[str, Any]] = []
+    profiles: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fedsim-bench-") as scratch:
+        work = Path(scratch)
+        for group in groups:
+            for workload in plan(group, args.quick, args.device, work):
+                results = []
+                for rep in range(reps):
+                    shift = rep % len(workload.ways)
+                    for way in workload.ways[shift:] + workload.ways[:shift]:
+                        result = run_one(workload, way, rep, work, args.cpus, args.device)
+                        print(
+                            f"  {workload.name} rep {rep} {way}: "
+                            f"{per_round_ms(result):.1f} ms/round, "
+                            f"start-up {result['startup_s']:.1f} s",
+                            flush=True,
+                        )
+                        results.append(result)
+                rows += summarise(workload, results, args.device)
+                profiles += profile(workload, results)
+                raw += [{k: v for k, v in r.items() if k != "final_model"} for r in results]
+    write_csv(args.out / "results.csv", rows, RESULT_COLUMNS)
+    write_csv(
+        args.out / "profile.csv", profiles, ["workload", "phase", "fedsim_ms", "plain_ms", "what"]
+    )
+    (args.out / "raw.json").write_text(json.dumps({"header": header, "runs": raw}, indent=1))
+    shown = [c for c in RESULT_COLUMNS if c not in ("round_ms_min", "round_ms_max", "note")]
+    print("\n" + format_table(rows, shown))
+    print("\nwhere a fedsim round goes (ms, median):\n")
+    print(format_table(profiles, ["workload", "phase", "fedsim_ms", "plain_ms", "what"]))
+    print(f"\nwritten: {args.out / 'results.csv'}, {args.out / 'profile.csv'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

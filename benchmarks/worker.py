@@ -1,0 +1,194 @@
+"""One measurement: one workload run one way, in a fresh process.
+
+``python -m benchmarks.worker SPEC.json RESULT.json``. Each way gets its own process so
+that start-up (Ray, actors, Flower's SuperLink) is measured from cold, peak memory is
+that run's alone, and Flower's engine, which shuts Ray down when it ends, cannot affect
+the next measurement. Round times are taken where the round loop starts a round (the
+participation pattern is asked who is reachable) and where it ends (the round-end
+callback), so they include everything fedsim does per round, result writing included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.measure import GpuSampler, MemorySampler
+from benchmarks.plain_loop import run_plain
+from fedsim.config import scenario_from_dict
+from fedsim.runner import Prepared, RunControl, prepare
+from fedsim.results import RunWriter
+
+TIMING_KEYS = ("clients_s", "aggregate_s", "evaluate_s")
+
+
+class StampedPattern:
+    """A participation pattern that notes when each round asks it (the round's start)."""
+
+    def __init__(self, pattern: Any) -> None:
+        self.pattern = pattern
+        self.starts: dict[int, float] = {}
+
+    def reachable(self, round: int) -> np.ndarray:
+        self.starts[int(round)] = time.perf_counter()
+        return np.asarray(self.pattern.reachable(round))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pattern, name)
+
+
+def _grid_recorder() -> list[Any]:
+    """Make fedsim's runner build RayGrids that this process can read the ``stats`` of."""
+    from fedsim.engine import ray_grid
+
+    grids: list[Any] = []
+    base = ray_grid.RayGrid
+
+    class RecordedGrid(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            started = time.perf_counter()
+            super().__init__(*args, **kwargs)
+            self.created_s = time.perf_counter() - started
+            grids.append(self)
+
+    ray_grid.RayGrid = RecordedGrid  # type: ignore[misc]
+    return grids
+
+
+def _engine(way: str, prepared: Prepared, writer: RunWriter, spec: dict[str, Any]) -> dict:
+    """Run fedsim's or Flower's engine; returns final arrays and per-round grid stats."""
+    import ray
+
+    from fedsim.runner import run_on_flower, run_on_ray
+
+    grids = _grid_recorder()
+    stats: dict[int, dict[str, float]] = {}
+    ends: dict[int, float] = {}
+
+    def on_round_end(rnd: int, _accuracy: float | None) -> None:
+        ends[rnd] = time.perf_counter()
+        if grids:
+            stats[rnd] = dict(grids[-1].stats)
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    started = time.perf_counter()
+    ray.init(
+        num_cpus=spec["cpus"],
+        num_gpus=1 if spec["device"] == "cuda" else 0,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+    )
+    ray_s = time.perf_counter() - started
+    control = RunControl(on_round_end=on_round_end)
+    engine = run_on_ray if way == "fedsim" else run_on_flower
+    arrays = engine(prepared, writer, control)
+    if ray.is_initialized():
+        ray.shutdown()
+    final = {name: arrays[name].numpy() for name in arrays}
+    created = grids[-1].created_s if grids else None
+    return {
+        "final": final,
+        "ends": ends,
+        "stats": stats,
+        "started": started,
+        "ray_s": ray_s,
+        "actors_s": created,
+    }
+
+
+def _plain(prepared: Prepared, device: str) -> dict:
+    ends: dict[int, float] = {}
+    if device == "cpu":
+        torch.set_num_threads(1)  # as fedsim's ClientApp does on a CPU (one thread per actor)
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    started = time.perf_counter()
+    state, times = run_plain(
+        prepared, on_round_end=lambda rnd: ends.__setitem__(rnd, time.perf_counter()), sync=sync
+    )
+    final = {name: tensor.cpu().numpy() for name, tensor in state.items()}
+    rounds = max(len(times.rounds), 1)
+    phases = {
+        "load_s": times.load / rounds,
+        "train_s": times.train / rounds,
+        "pack_s": times.pack / rounds,
+        "aggregate_s": times.aggregate / rounds,
+    }
+    return {"final": final, "ends": ends, "started": started, "phases": phases}
+
+
+def _loop_timings(writer: RunWriter) -> dict[int, dict[str, float]]:
+    rows: dict[int, dict[str, float]] = {}
+    for rnd, client, phase, name, value in writer.metric_rows:
+        if phase == "timing" and client is None and name in TIMING_KEYS:
+            rows.setdefault(int(rnd), {})[name] = float(value)
+    return rows
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``spec`` (way, scenario, run_dir, cpus, device, warmup) and time it."""
+    way, device = spec["way"], spec["device"]
+    run_dir = Path(spec["run_dir"])
+    scenario = scenario_from_dict(
+        spec["scenario"], source=f"benchmark:{spec['workload']}", base_dir=run_dir.parent
+    )
+    started = time.perf_counter()
+    prepared = prepare(scenario, run_dir)
+    prepare_s = time.perf_counter() - started
+    pattern = StampedPattern(prepared.pattern)
+    prepared.pattern = pattern
+    writer = RunWriter(run_dir, scenario.raw)
+    with MemorySampler() as memory, GpuSampler() if device == "cuda" else _Null() as gpu:
+        out = _plain(prepared, device) if way == "plain" else _engine(way, prepared, writer, spec)
+    rounds = sorted(out["ends"])
+    round_s = [out["ends"][r] - pattern.starts[r] for r in rounds]
+    warm = [r for r in rounds if r > spec["warmup"]]
+    result: dict[str, Any] = {
+        "way": way,
+        "workload": spec["workload"],
+        "rep": spec["rep"],
+        "prepare_s": prepare_s,
+        "startup_s": pattern.starts[rounds[0]] - out["started"] if rounds else None,
+        "round_s": round_s,
+        "measured_rounds": warm,
+        "peak_self_mb": memory.peak_self_mb,
+        "peak_tree_mb": memory.peak_tree_mb,
+        "ray_s": out.get("ray_s"),
+        "actors_s": out.get("actors_s"),
+    }
+    if device == "cuda" and warm:
+        result.update(gpu.summary(pattern.starts[warm[0]], out["ends"][warm[-1]]))
+    if way == "plain":
+        result["plain_phases"] = out["phases"]
+    else:
+        result["loop"] = {str(r): v for r, v in _loop_timings(writer).items()}
+        result["grid"] = {str(r): v for r, v in out["stats"].items()}
+    np.savez(Path(spec["final_model"]), **out["final"])
+    return result
+
+
+class _Null:
+    def __enter__(self) -> _Null:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def summary(self, _start: float, _end: float) -> dict[str, float]:
+        return {}
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(Path(argv[0]).read_text())
+    result = measure(spec)
+    Path(argv[1]).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,622 @@
+"""Sweeps: one scenario, a grid of overrides × seeds, one run directory per point.
+
+A researcher's question is rarely one run: "FedAvg or FedAU, under Bernoulli,
+Markov or cyclic participation, over three seeds" is 18 runs that differ in a
+few keys. A sweep is a scenario file plus those keys' values; each point of the
+cross product is an ordinary run (the scenario with ``--set`` overrides) in its
+own directory under the sweep directory, named after the values it sets
+(``strategy.name=fedau,participation.pattern=markov,seed=2``), so a directory
+listing reads like the grid and ``fedsim.analysis`` finds every value in the
+run's own ``scenario.toml``.
+
+A run is complete once its ``summary.json`` exists. Running the same sweep
+again skips complete runs and redoes the others from scratch, so an interrupted
+sweep continues where it stopped; a complete run made from a different scenario
+is refused rather than silently mixed in. ``sweep.json`` records the plan and
+every run's status. Runs share one Ray runtime (starting Ray costs seconds);
+``parallel = K`` runs K of them at a time in worker processes attached to it.
+
+The grid comes from ``--grid key=v1,v2`` options (values read like ``--set``
+values: TOML, else a string) or from the scenario's ``[sweep]`` table, which a
+plain ``fedsim run`` ignores::
+
+    [sweep]
+    seeds = [1, 2, 3]
+
+    [sweep.grid]
+    "strategy.name" = ["fedavg", "fedau"]
+    participation.pattern = ["bernoulli", "markov", "cyclic"]
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import logging
+import re
+import shutil
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedsim.config import (
+    Scenario,
+    apply_overrides,
+    parse_override,
+    read_toml,
+    scenario_from_dict,
+)
+from fedsim.errors import FedsimError, ScenarioError
+from fedsim.results import SCENARIO_FILE, SUMMARY_FILE, atomic_write_bytes
+
+MANIFEST_FILE = "sweep.json"
+SWEEP_KEYS = ("grid", "seeds")
+SEED_KEY = "seed"
+MAX_NAME_LENGTH = 160
+_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+@-]+")
+
+
+# --- the grid --------------------------------------------------------------------------
+
+
+def split_values(text: str) -> list[str]:
+    """Split ``text`` at the commas that are outside brackets, braces and quotes.
+
+    >>> split_values('fedavg,fedau')
+    ['fedavg', 'fedau']
+    >>> split_values('[32, 32],[64],"a,b"')
+    ['[32, 32]', '[64]', '"a,b"']
+    """
+    parts: list[str] = []
+    depth = 0
+    quote = ""
+    current: list[str] = []
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current).strip())
+    return parts
+
+
+def parse_grid_option(text: str) -> tuple[str, list[Any]]:
+    """``"key=v1,v2"`` → ``("key", [v1, v2])``, each value read like a ``--set`` value.
+
+    >>> parse_grid_option("strategy.name=fedavg,fedau")
+    ('strategy.name', ['fedavg', 'fedau'])
+    >>> parse_grid_option("client.lr=0.1,0.05")
+    ('client.lr', [0.1, 0.05])
+    """
+    key, sep, values_text = text.partition("=")
+    values = split_values(values_text) if sep else []
+    if not sep or not values_text.strip() or any(not value for value in values):
+        raise ScenarioError(
+            "--grid", text, "key=value1,value2,... with a dotted key such as client.lr=0.1,0.05"
+        )
+    parsed = [parse_override(f"{key}={value}", source="--grid") for value in values]
+    return parsed[0][0], [value for _, value in parsed]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"1,2,3"`` → ``[1, 2, 3]``.
+
+    >>> parse_seeds("1, 2,3")
+    [1, 2, 3]
+    """
+    seeds = []
+    for part in split_values(text):
+        if not part.isdigit():
+            raise ScenarioError("--seeds", text, "comma-separated integers >= 0 such as 1,2,3")
+        seeds.append(int(part))
+    return _unique_seeds(seeds, "--seeds", text)
+
+
+def _unique_seeds(seeds: list[int], source: str, key: str) -> list[int]:
+    if not seeds:
+        raise ScenarioError(source, key, "at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ScenarioError(source, key, "distinct seeds", got=seeds)
+    return seeds
+
+
+def _flatten_grid(table: Mapping[str, Any], source: str, prefix: str) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for name, value in table.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if isinstance(value, Mapping):
+            grid.update(_flatten_grid(value, source, key))
+        elif isinstance(value, list) and value:
+            grid[key] = list(value)
+        else:
+            raise ScenarioError(
+                source, f"sweep.grid.{key}", "a non-empty list of values", got=value
+            )
+    return grid
+
+
+def sweep_table(raw: Mapping[str, Any], source: str) -> tuple[dict[str, list[Any]], list[int]]:
+    """The grid and seeds of a scenario's ``[sweep]`` table (empty when there is none).
+
+    Dotted keys may be quoted (``"strategy.name" = [...]``) or bare (TOML then nests
+    them); either way the grid is keyed by the dotted name.
+
+    >>> sweep_table({"sweep": {"seeds": [1, 2], "grid": {"strategy": {"name": ["a", "b"]}}}}, "s")
+    ({'strategy.name': ['a', 'b']}, [1, 2])
+    """
+    table = raw.get("sweep", {})
+    if not isinstance(table, Mapping):
+        raise ScenarioError(source, "sweep", "a table with grid and seeds", got=table)
+    for name in table:
+        if name not in SWEEP_KEYS:
+            raise ScenarioError(source, f"sweep.{name}", "one of the known keys (grid, seeds)")
+    grid_table = table.get("grid", {})
+    if not isinstance(grid_table, Mapping):
+        raise ScenarioError(source, "sweep.grid", "a table of key = [values]", got=grid_table)
+    grid = _flatten_grid(grid_table, source, "")
+    seeds = table.get("seeds", [])
+    valid = isinstance(seeds, list) and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+    )
+    if not valid:
+        raise ScenarioError(source, "sweep.seeds", "a list of integers >= 0", got=seeds)
+    if seeds:
+        _unique_seeds(seeds, source, "sweep.seeds")
+    return grid, list(seeds)
+
+
+# --- run names ---------------------------------------------------------------------------
+
+
+def format_value(value: Any) -> str:
+    """A grid value as written in a run name (TOML-like, strings unquoted).
+
+    >>> format_value(0.1), format_value(True), format_value([32, 64]), format_value("fedau")
+    ('0.1', 'true', '[32,64]', 'fedau')
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}={format_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def run_name(settings: Mapping[str, Any]) -> str:
+    """The directory name of one point: ``key=value`` pairs joined by commas, made safe.
+
+    Characters other than letters, digits and ``._,=+@-`` become ``_``; a name longer than
+    160 characters is cut and ends in a hash of the full settings.
+
+    >>> run_name({"strategy.name": "fedau", "participation.pattern": "markov", "seed": 2})
+    'strategy.name=fedau,participation.pattern=markov,seed=2'
+    >>> run_name({"strategy.name": "../strategies/ldawa.py:LDAWA", "seed": 1})
+    'strategy.name=.._strategies_ldawa.py_LDAWA,seed=1'
+    """
+    text = ",".join(f"{key}={format_value(value)}" for key, value in settings.items())
+    name = _UNSAFE.sub("_", text)
+    if len(name) > MAX_NAME_LENGTH:
+        name = f"{name[: MAX_NAME_LENGTH - 9]}-{_digest(settings)}"
+    return name
+
+
+def _digest(settings: Mapping[str, Any]) -> str:
+    text = json.dumps(list(settings.items()), default=str, sort_keys=False)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a sweep: its directory name, the values it sets and its scenario."""
+
+    name: str
+    settings: dict[str, Any]
+    scenario: Scenario
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep before it runs: the scenario, the grid, the seeds and every point."""
+
+    scenario_file: Path
+    overrides: tuple[str, ...]
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    points: list[Point]
+    directory: Path
+
+    def run_dir(self, point: Point) -> Path:
+        return self.directory / point.name
+
+
+def plan_sweep(
+    scenario_file: str | Path,
+    *,
+    grid: Sequence[str] | None = None,
+    seeds: str | Sequence[int] | None = None,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+) -> SweepPlan:
+    """Expand a scenario and a grid into validated points.
+
+    ``grid`` holds ``--grid`` options (``"key=v1,v2"``); with ``grid`` or ``seeds``
+    left ``None`` the scenario's ``[sweep]`` table gives them; without seeds the sweep
+    uses the scenario's own seed. ``overrides`` (``--set``) apply to every point before
+    the grid's values. The points vary the last grid key fastest and the seed slowest,
+    so an early stop has every configuration at the first seed. ``out`` defaults to
+    ``runs/NAME-sweep``.
+    """
+    path = Path(scenario_file)
+    source = str(path)
+    raw = read_toml(path)
+    file_grid, file_seeds = sweep_table(raw, source)
+    raw.pop("sweep", None)
+    raw = apply_overrides(raw, [parse_override(text) for text in overrides], source)
+    axes = dict(file_grid) if grid is None else _grid_from_options(grid)
+    if isinstance(seeds, str):
+        seed_list = parse_seeds(seeds)
+    elif seeds is not None:
+        seed_list = _unique_seeds(list(seeds), "--seeds", "seeds")
+    else:
+        seed_list = list(file_seeds)
+    if SEED_KEY in axes:
+        if seeds is not None or file_seeds:
+            raise ScenarioError(source, "sweep.grid.seed", "seeds given once (--seeds or grid)")
+        seed_list = _unique_seeds(axes.pop(SEED_KEY), source, "sweep.grid.seed")
+    base = scenario_from_dict(copy.deepcopy(raw), source=source, base_dir=path.parent)
+    if not seed_list:
+        seed_list = [base.seed]
+    points = []
+    for seed, values in itertools.product(seed_list, itertools.product(*axes.values())):
+        settings = {**dict(zip(axes, values, strict=True)), SEED_KEY: seed}
+        point_raw = apply_overrides(raw, list(settings.items()), source)
+        scenario = scenario_from_dict(point_raw, source=source, base_dir=path.parent)
+        points.append(Point(run_name(settings), settings, scenario))
+    _disambiguate(points)
+    directory = Path(out) if out is not None else Path("runs") / f"{base.name}-sweep"
+    return SweepPlan(path, tuple(overrides), axes, seed_list, points, directory)
+
+
+def _grid_from_options(options: Iterable[str]) -> dict[str, list[Any]]:
+    axes: dict[str, list[Any]] = {}
+    for option in options:
+        key, values = parse_grid_option(option)
+        if key in axes:
+            raise ScenarioError("--grid", key, "each key in one --grid option")
+        axes[key] = values
+    return axes
+
+
+def _disambiguate(points: list[Point]) -> None:
+    """Names that sanitising made equal get a hash of their settings appended."""
+    counts: dict[str, int] = {}
+    for point in points:
+        counts[point.name] = counts.get(point.name, 0) + 1
+    for index, point in enumerate(points):
+        if counts[point.name] > 1:
+            name = f"{point.name}-{_digest(point.settings)}"
+            points[index] = Point(name, point.settings, point.scenario)
+    if len({point.name for point in points}) != len(points):
+        raise FedsimError("sweep: two points have the same settings (a value repeats in --grid)")
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+RunFunction = Callable[..., tuple[Path, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class SweepEvent:
+    """Progress of a sweep: ``skip``, ``start``, ``round``, ``done`` or ``failed``."""
+
+    kind: str
+    point: Point
+    index: int
+    total: int
+    round: int = 0
+    accuracy: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class SweepOutcome:
+    """What a call to :func:`run_sweep` did."""
+
+    directory: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def is_complete(run_dir: Path) -> bool:
+    """A run is complete once its summary is written (the runner writes it last)."""
+    return (run_dir / SUMMARY_FILE).is_file()
+
+
+def _differences(written: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """Dotted keys of ``wanted`` whose value ``written`` lacks or holds differently."""
+    from fedsim.analysis import flatten_config
+
+    have = flatten_config(written)
+    want = flatten_config(tomllib.loads(tomli_w.dumps(dict(wanted))))
+    return [key for key, value in want.items() if key not in have or have[key] != value]
+
+
+def check_resumable(plan: SweepPlan) -> None:
+    """Refuse complete runs made from another scenario and folders that are not runs."""
+    for point in plan.points:
+        run_dir = plan.run_dir(point)
+        if not run_dir.exists():
+            continue
+        if not run_dir.is_dir():
+            raise FedsimError(f"{run_dir}: exists and is not a run directory")
+        if is_complete(run_dir):
+            written = tomllib.loads((run_dir / SCENARIO_FILE).read_text())
+            changed = _differences(written, point.scenario.raw)
+            if changed:
+                raise FedsimError(
+                    f"{run_dir}: complete run of a different scenario ({', '.join(changed[:3])} "
+                    "changed); use another --out or delete that run"
+                )
+        elif any(run_dir.iterdir()) and not (run_dir / SCENARIO_FILE).is_file():
+            raise FedsimError(f"{run_dir}: not empty and not a fedsim run directory")
+
+
+class _Manifest:
+    """``sweep.json``: the plan and each run's status, rewritten atomically on change."""
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.path = plan.directory / MANIFEST_FILE
+        self.content: dict[str, Any] = {
+            "format": 1,
+            "scenario": str(plan.scenario_file.resolve()),
+            "overrides": list(plan.overrides),
+            "grid": plan.grid,
+            "seeds": plan.seeds,
+            "runs": [
+                {
+                    "name": point.name,
+                    "settings": point.settings,
+                    "status": "complete" if is_complete(plan.run_dir(point)) else "pending",
+                }
+                for point in plan.points
+            ],
+        }
+        self.runs = {run["name"]: run for run in self.content["runs"]}
+        self.write()
+
+    def update(self, name: str, **fields: Any) -> None:
+        run = self.runs[name]
+        run.pop("error", None)
+        run.update(fields)
+        self.write()
+
+    def write(self) -> None:
+        self.content["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        text = json.dumps(self.content, indent=1, default=str)
+        atomic_write_bytes(self.path, text.encode())
+
+
+def run_sweep(
+    plan: SweepPlan,
+    *,
+    parallel: int = 1,
+    on_event: Callable[[SweepEvent], None] | None = None,
+    run: RunFunction | None = None,
+) -> SweepOutcome:
+    """Run every point of ``plan`` that is not complete yet; returns what happened.
+
+    Runs share the Ray runtime of this process (started here, and stopped at the
+    end, when none is running); with ``parallel > 1`` that many worker processes
+    attach to it and run points side by side. Points on Flower's own engine run
+    one at a time in a fresh process (Flower stops Ray when it ends). A scenario
+    mistake stops the sweep; any other failure is recorded in ``sweep.json`` and
+    the sweep goes on.
+
+    ``run`` replaces :func:`fedsim.runner.run_scenario` (same signature) for every
+    point, in this process and without starting Ray: a dry run, or a custom runner.
+    """
+    if parallel < 1:
+        raise FedsimError(f"--parallel: expected an integer >= 1, got {parallel}")
+    if run is not None and parallel != 1:
+        raise FedsimError("run_sweep: a custom run function runs in this process (parallel=1)")
+    check_resumable(plan)
+    plan.directory.mkdir(parents=True, exist_ok=True)
+    manifest = _Manifest(plan)
+    outcome = SweepOutcome(plan.directory)
+    total = len(plan.points)
+
+    def emit(kind: str, index: int, **fields: Any) -> None:
+        if on_event is not None:
+            on_event(SweepEvent(kind, plan.points[index], index, total, **fields))
+
+    pending = []
+    for index, point in enumerate(plan.points):
+        if is_complete(plan.run_dir(point)):
+            outcome.skipped.append(point.name)
+            emit("skip", index)
+        else:
+            pending.append(index)
+    on_ray = [i for i in pending if plan.points[i].scenario.engine.kind == "ray"]
+    on_flower = [i for i in pending if i not in on_ray]
+    context = _Context(plan, manifest, outcome, emit)
+    if run is not None:
+        for index in pending:
+            context.run_here(index, run)
+        return outcome
+    if on_ray:
+        with _ray_runtime(plan.points[on_ray[0]].scenario) as address:
+            if parallel > 1 and len(on_ray) > 1:
+                _run_parallel(context, on_ray, min(parallel, len(on_ray)), address)
+            else:
+                for index in on_ray:
+                    context.run_here(index)
+    for index in on_flower:
+        _run_parallel(context, [index], 1, None)
+    return outcome
+
+
+class WorkerFailure(Exception):
+    """A run that failed in a worker process, carried back as plain text (always picklable)."""
+
+    def __init__(self, message: str, scenario_mistake: bool) -> None:
+        super().__init__(message, scenario_mistake)
+        self.message = message
+        self.scenario_mistake = scenario_mistake
+
+
+@dataclass
+class _Context:
+    plan: SweepPlan
+    manifest: _Manifest
+    outcome: SweepOutcome
+    emit: Callable[..., None]
+
+    def begin(self, index: int) -> tuple[Point, Path]:
+        point = self.plan.points[index]
+        run_dir = self.plan.run_dir(point)
+        if run_dir.exists():  # an interrupted or failed attempt: start it again
+            shutil.rmtree(run_dir)
+        self.manifest.update(point.name, status="running")
+        self.emit("start", index)
+        return point, run_dir
+
+    def finish(self, index: int, summary: Mapping[str, Any]) -> None:
+        point = self.plan.points[index]
+        self.manifest.update(point.name, status="complete", wall_time_s=summary.get("wall_time_s"))
+        self.outcome.ran.append(point.name)
+        self.emit("done", index, accuracy=summary.get("final_accuracy"))
+
+    def fail(self, index: int, failure: WorkerFailure) -> None:
+        """Record a failed run; a scenario mistake stops the sweep (every run would repeat it)."""
+        point = self.plan.points[index]
+        self.manifest.update(point.name, status="failed", error=failure.message)
+        if failure.scenario_mistake:
+            raise FedsimError(failure.message.partition(": ")[2])
+        self.outcome.failed[point.name] = failure.message
+        self.emit("failed", index, error=failure.message)
+
+    def run_here(self, index: int, run: RunFunction | None = None) -> None:
+        if run is None:
+            from fedsim.runner import run_scenario
+
+            run = run_scenario
+        point, run_dir = self.begin(index)
+
+        def on_round_end(rnd: int, accuracy: float | None) -> None:
+            self.emit("round", index, round=rnd, accuracy=accuracy)
+
+        try:
+            _, summary = run(point.scenario, run_dir, on_round_end=on_round_end)
+        except Exception as error:
+            self.fail(index, _failure(error))
+            return
+        except BaseException:
+            self.manifest.update(point.name, status="interrupted")
+            raise
+        self.finish(index, summary)
+
+
+def _failure(error: Exception) -> WorkerFailure:
+    if isinstance(error, WorkerFailure):
+        return error
+    return WorkerFailure(f"{type(error).__name__}: {error}", isinstance(error, ScenarioError))
+
+
+@contextmanager
+def _ray_runtime(scenario: Scenario) -> Iterator[str]:
+    """Ray for the sweep: the running runtime, else one started (and stopped) here.
+
+    Yields the address worker processes join.
+    """
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address=scenario.engine.ray_address,
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+        )
+    try:
+        yield str(ray.get_runtime_context().gcs_address)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_parallel(
+    context: _Context, indices: list[int], workers: int, ray_address: str | None
+) -> None:
+    plan = context.plan
+    executor = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(ray_address,),
+    )
+    futures: dict[Future[dict[str, Any]], int] = {}
+    try:
+        for index in indices:
+            point, run_dir = context.begin(index)
+            scenario = point.scenario
+            job = (scenario.raw, scenario.source, str(scenario.base_dir), str(run_dir))
+            futures[executor.submit(_run_in_worker, *job)] = index
+        for future in as_completed(futures):
+            index = futures[future]
+            try:
+                summary = future.result()
+            except Exception as error:
+                context.fail(index, _failure(error))
+            else:
+                context.finish(index, summary)
+    except BaseException:
+        for future, index in futures.items():
+            if not future.done():
+                context.manifest.update(plan.points[index].name, status="interrupted")
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown()
+
+
+def _worker_init(ray_address: str | None) -> None:
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    if ray_address is not None:
+        import ray
+
+        ray.init(address=ray_address, logging_level=logging.ERROR)
+
+
+def _run_in_worker(raw: dict[str, Any], source: str, base_dir: str, run_dir: str) -> dict[str, Any]:
+    from fedsim.runner import run_scenario
+
+    try:
+        scenario = scenario_from_dict(raw, source=source, base_dir=Path(base_dir))
+        _, summary = run_scenario(scenario, Path(run_dir))
+    except Exception as error:  # exceptions with custom constructors do not unpickle
+        raise _failure(error) from None
+    return summary
