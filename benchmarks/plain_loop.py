@@ -26,13 +26,9 @@ from fedsim.strategies.fedavg import fedavg_weights, weighted_server_update
 
 @dataclass
 class PlainTimes:
-    """Seconds spent per phase, summed over rounds (``load``: global model into the model)."""
+    """Seconds per phase of each round (``load``: the global model into the model)."""
 
-    load: float = 0.0
-    train: float = 0.0
-    pack: float = 0.0
-    aggregate: float = 0.0
-    rounds: list[float] = field(default_factory=list)
+    rounds: list[dict[str, float]] = field(default_factory=list)
 
 
 def flatten(state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -88,6 +84,7 @@ def run_plain(
     wait = sync or (lambda: None)
     for rnd in range(1, scenario.rounds + 1):
         started = time.perf_counter()
+        phases = dict.fromkeys(("load", "train", "pack"), 0.0)
         clients = prepared.pattern.reachable(rnd)
         rows, counts = [], []
         for c in clients.tolist():
@@ -120,9 +117,9 @@ def run_plain(
             t2 = time.perf_counter()
             rows.append(flatten(model.state_dict()).to(server_device))
             counts.append(len(y))
-            times.load += t1 - t0
-            times.train += t2 - t1
-            times.pack += time.perf_counter() - t2
+            phases["load"] += t1 - t0
+            phases["train"] += t2 - t1
+            phases["pack"] += time.perf_counter() - t2
         t3 = time.perf_counter()
         if rows:
             weights = fedavg_weights("participating", np.asarray(counts, dtype=float))
@@ -132,8 +129,9 @@ def run_plain(
             state = unflatten(new.to(device), state)
         wait()
         finished = time.perf_counter()
-        times.aggregate += finished - t3
-        times.rounds.append(finished - started)
+        phases["aggregate"] = finished - t3
+        phases["round"] = finished - started
+        times.rounds.append(phases)
         if on_round_end is not None:
             on_round_end(rnd)
     return state, times

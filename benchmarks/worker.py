@@ -23,8 +23,8 @@ import torch
 from benchmarks.measure import GpuSampler, MemorySampler
 from benchmarks.plain_loop import run_plain
 from fedsim.config import scenario_from_dict
-from fedsim.runner import Prepared, RunControl, prepare
 from fedsim.results import RunWriter
+from fedsim.runner import Prepared, RunControl, prepare
 
 TIMING_KEYS = ("clients_s", "aggregate_s", "evaluate_s")
 
@@ -113,13 +113,7 @@ def _plain(prepared: Prepared, device: str) -> dict:
         prepared, on_round_end=lambda rnd: ends.__setitem__(rnd, time.perf_counter()), sync=sync
     )
     final = {name: tensor.cpu().numpy() for name, tensor in state.items()}
-    rounds = max(len(times.rounds), 1)
-    phases = {
-        "load_s": times.load / rounds,
-        "train_s": times.train / rounds,
-        "pack_s": times.pack / rounds,
-        "aggregate_s": times.aggregate / rounds,
-    }
+    phases = {str(rnd): values for rnd, values in enumerate(times.rounds, start=1)}
     return {"final": final, "ends": ends, "started": started, "phases": phases}
 
 

@@ -171,7 +171,7 @@ def scale(data: Path, clients: int, rounds: int, warmup: int, examples: int) -> 
         participation={"pattern": "uniform", "clients_per_round": 10},
     )
     return Workload(
-        f"scale-{clients // 1000}k",
+        f"scale-{clients}",
         scenario,
         warmup,
         1,

@@ -21,6 +21,7 @@ the simulator itself needs from a node: answering "which partition are you?"
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -273,20 +274,22 @@ def local_sgd(
 ) -> np.ndarray:
     """SGD over ``batches`` (index arrays into ``x``, ``y``); returns the float64 step losses.
 
-    The losses stay on the device until the end, so a GPU never waits for the host
-    inside the loop.
+    The client's data and every batch's indices go to the device once, and the losses
+    stay there until the end, so a GPU never waits for the host inside the loop.
     """
     if not batches:
         return np.zeros(0)
     x_all = torch.from_numpy(np.array(x)).to(device)
     y_all = torch.from_numpy(np.array(y)).to(device)
+    order = torch.from_numpy(np.concatenate(batches)).to(device)
+    bounds = np.cumsum([0] + [len(batch) for batch in batches]).tolist()
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
     model.train()
     losses = []
-    for batch in batches:
-        index = torch.from_numpy(batch).to(device, non_blocking=True)
+    for start, end in itertools.pairwise(bounds):
+        index = order[start:end]
         optimizer.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(x_all[index]), y_all[index])
         loss.backward()

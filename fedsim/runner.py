@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -587,7 +588,7 @@ def run_session(
         resume = control.resume
         restore_strategy(strategy, resume.strategy)
         contexts.clear()
-        pass  # MUTATION
+        contexts.update(resume.contexts)
         arrays, first_round = arrays_from_numpy(resume.arrays), resume.round + 1
         restore_rng(resume.rng)
     unsaved: list[str] = []
@@ -660,6 +661,37 @@ def default_num_actors(scenario: Scenario, resources: dict[str, float]) -> int:
     return max(1, min(count, scenario.data.num_clients))
 
 
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def check_ray_address(scenario: Scenario) -> None:
+    """Fail fast on an unreachable ``engine.ray_address`` of the form host:port.
+
+    ``ray.init`` retries such an address for many minutes; a TCP connection
+    tells at once. ``auto``, ``local`` and ``ray://`` addresses are left to Ray.
+    """
+    address = scenario.engine.ray_address
+    if address is None or address in ("auto", "local") or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ScenarioError(
+            scenario.source,
+            "engine.ray_address",
+            'host:port, "auto" or ray://host:port',
+            got=address,
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
+        raise ScenarioError(
+            scenario.source,
+            "engine.ray_address",
+            f"the address of a running Ray cluster (cannot connect: {error})",
+            got=address,
+        ) from error
+
+
 def run_on_ray(prepared: Prepared, writer: RunWriter, control: RunControl) -> ArrayRecord:
     import ray
 
@@ -668,6 +700,7 @@ def run_on_ray(prepared: Prepared, writer: RunWriter, control: RunControl) -> Ar
     scenario = prepared.scenario
     started_ray = not ray.is_initialized()
     if started_ray:
+        check_ray_address(scenario)
         ray.init(
             address=scenario.engine.ray_address,
             include_dashboard=False,

@@ -97,11 +97,15 @@ def test_flower_strategy_without_state_dict_keeps_its_attributes() -> None:
     fresh = FedAdam(eta=0.1)
     restore_strategy(fresh, state)
     assert state.kind == "attributes"
-    assert fresh.m_t["w"].tolist() == [0.25, -1.0] and fresh.v_t["w"].tolist() == [4.0, 2.0]
+    assert vars(fresh)["m_t"]["w"].tolist() == [0.25, -1.0]
+    assert vars(fresh)["v_t"]["w"].tolist() == [4.0, 2.0]
 
 
 def test_arrays_survive_bit_for_bit() -> None:
-    values = {"a": np.array([np.pi, -0.0, 1e-45], np.float32), "b": np.array([[2**60]], np.int64)}
+    values: dict[str, np.ndarray] = {
+        "a": np.array([np.pi, -0.0, 1e-45], np.float32),
+        "b": np.array([[2**60]], np.int64),
+    }
     back = arrays_to_numpy(arrays_from_numpy(values))
     assert list(back) == ["a", "b"]
     for name, value in values.items():
@@ -230,7 +234,7 @@ def test_crash_then_resume_is_identical_on_digits(tmp_path: Path, ray_session: N
     assert_same_results(resumed, reference)
 
 
-STRATEGIES = {
+STRATEGIES: dict[str, dict[str, Any]] = {
     "fedau": {"name": "fedau"},
     "mifa": {"name": "mifa"},
     "fedadam": {"name": "flwr:FedAdam", "eta": 0.05},

@@ -23,10 +23,10 @@ from fedsim.analysis import load_run
 from fedsim.cli import app as cli_app
 from fedsim.config import load_scenario
 from fedsim.engine.identity import node_id_of
-from fedsim.errors import RunError
+from fedsim.errors import FedsimError, RunError
 from fedsim.loop import divergence_error
 from fedsim.models import build_model
-from fedsim.runner import run_scenario
+from fedsim.runner import check_ray_address, run_scenario
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP = FIXTURES / "faulty_client_app.py"
@@ -206,9 +206,7 @@ def test_bad_input_files_are_one_line_errors_naming_the_file(tmp_path: Path) -> 
         "missing.toml": None,
         "syntax.toml": "rounds = = 3\n",
         "binary.toml": b"\xff\xfe\x00rounds",
-        "trace.toml": digits_scenario(
-            participation={"pattern": "trace", "trace": "trace.csv"}
-        ),
+        "trace.toml": digits_scenario(participation={"pattern": "trace", "trace": "trace.csv"}),
         "missing-trace.toml": digits_scenario(
             participation={"pattern": "trace", "trace": "nowhere.csv"}
         ),
@@ -250,3 +248,18 @@ def test_resume_of_a_bad_results_directory_is_a_one_line_error(tmp_path: Path) -
         assert code == 2, (name, lines)
         assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / name}"), lines
         assert problem in lines[0], (name, lines)
+
+
+def test_unreachable_ray_address_fails_fast_in_one_line(tmp_path: Path) -> None:
+    for address, problem in {
+        "127.0.0.1:1": "expected the address of a running Ray cluster (cannot connect",
+        "nowhere": "expected host:port",
+    }.items():
+        scenario = digits_scenario(engine={"ray_address": address})
+        path = write(tmp_path, "ray.toml", scenario)
+        started = time.monotonic()
+        with pytest.raises(FedsimError) as caught:
+            check_ray_address(load_scenario(path))
+        assert time.monotonic() - started < 5
+        assert str(caught.value).startswith(f"{path}: engine.ray_address: ")
+        assert problem in str(caught.value)

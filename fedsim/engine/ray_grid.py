@@ -46,21 +46,22 @@ from fedsim.engine.actor import BatchItem, ClientActor, error_reply
 from fedsim.engine.identity import node_id_of, set_identity
 from fedsim.errors import RunError
 
-# A round's messages go out in about this many calls per actor (later calls go to whichever
-# actor is free, which evens out clients of unequal cost); a call carries at most MAX_BATCH.
+# With several actors, a round's messages go out in about this many calls per actor (later
+# calls go to whichever actor is free first, which evens out clients of unequal cost).
 CALLS_PER_ACTOR = 2
 MAX_BATCH = 32
 STAT_KEYS = ("dispatch_s", "wait_s", "collect_s", "actor_busy_s", "calls", "messages")
 
 
 def batch_size(num_messages: int, num_actors: int) -> int:
-    """Messages per call: about ``CALLS_PER_ACTOR`` calls per actor, at most ``MAX_BATCH``.
+    """Messages per call: about ``CALLS_PER_ACTOR`` calls per actor (a lone actor has
+    nothing to balance: one call), at most ``MAX_BATCH`` messages.
 
     >>> batch_size(10, 1), batch_size(50, 2), batch_size(3, 4), batch_size(1000, 2)
-    (5, 13, 1, 32)
+    (10, 13, 1, 32)
     """
-    wanted = math.ceil(num_messages / (CALLS_PER_ACTOR * max(num_actors, 1)))
-    return max(1, min(MAX_BATCH, wanted))
+    calls = 1 if num_actors <= 1 else CALLS_PER_ACTOR * num_actors
+    return max(1, min(MAX_BATCH, math.ceil(num_messages / calls)))
 
 
 @dataclass
