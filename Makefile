@@ -27,4 +27,4 @@ lint: $(STAMP)
 	$(BIN)/mypy fedsim
 
 test: lint
-	$(BIN)/python -m pytest fedsim tests strategies -q
+	$(BIN)/python -m pytest fedsim tests strategies -q -m "not gpu"

@@ -22,33 +22,58 @@ from pathlib import Path
 PROC = Path("/proc")
 
 
-def _ppid_and_rss(pid: int, page: int) -> tuple[int, int] | None:
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-        statm = (PROC / str(pid) / "statm").read_text().split()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[1]), int(statm[1]) * page
+def _processes() -> dict[int, tuple[int, int, float]]:
+    """pid → (parent pid, resident bytes, CPU seconds used) of every process (Linux)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            statm = (entry / "statm").read_text().split()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is the state (field 3)
+        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        table[int(entry.name)] = (int(fields[1]), int(statm[1]) * page, cpu)
+    return table
+
+
+def _tree(root: int, table: dict[int, tuple[int, int, float]]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
 
 
 def tree_rss(root: int) -> tuple[int, int]:
     """Resident bytes of ``root`` and of ``root`` plus all its descendants (Linux only)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in PROC.iterdir():
-        if entry.name.isdigit():
-            found = _ppid_and_rss(int(entry.name), page)
-            if found is not None:
-                children.setdefault(found[0], []).append(int(entry.name))
-                rss[int(entry.name)] = found[1]
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack.extend(children.get(pid, []))
-    return rss.get(root, 0), total
+    table = _processes()
+    total = sum(table[pid][1] for pid in _tree(root, table) if pid in table)
+    return table.get(root, (0, 0, 0.0))[1], total
+
+
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """CPU seconds used so far by ``root`` (this process) and all its live descendants.
+
+    Unlike wall time it hardly depends on what else the machine runs, so it shows an
+    engine's cost on a shared machine. Without ``/proc``: this process alone.
+
+    >>> tree_cpu_seconds() > 0
+    True
+    """
+    root = os.getpid() if root is None else root
+    if not PROC.is_dir():
+        return time.process_time()
+    table = _processes()
+    return sum(table[pid][2] for pid in _tree(root, table) if pid in table)
 
 
 class MemorySampler:

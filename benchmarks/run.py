@@ -54,6 +54,8 @@ RESULT_COLUMNS = [
     "ratio_min",
     "ratio_max",
     "rounds_per_s",
+    "cpu_ms",
+    "cpu_ratio",
     "startup_s",
     "prepare_s",
     "peak_driver_mb",
@@ -70,17 +72,27 @@ PROFILE_PHASES = (
     ("collect", "ray.get of replies (deserialise), store contexts"),
     ("aggregate", "strategy.aggregate_train (plain: the same FedAvg update)"),
     ("bookkeeping", "result rows, participation log, checks, round-end callback"),
-    ("round", "wall time of a round (sum of the above)"),
+    ("round", "wall time of a round"),
     ("in actors", "time inside an actor per round (unpickle, load, SGD, pack); plain: same"),
 )
 
 
-def plan(group: str, quick: bool, device: str, data: Path, write: bool = True) -> list[Workload]:
-    """The workloads of one group, full size or ``quick``; ``write``: their data files too."""
+def plan(
+    group: str,
+    quick: bool,
+    device: str,
+    data: Path,
+    write: bool = True,
+    actors: tuple[int, ...] = (),
+) -> list[Workload]:
+    """The workloads of one group, full size or ``quick``; ``write``: their data files too.
+
+    ``actors`` replaces the default actor counts of the small and cifar groups.
+    """
     if group == "small":
         if quick:
-            return [small(rounds=3, warmup=1, actors=1)]
-        return [small(rounds=40, warmup=5, actors=1), small(rounds=40, warmup=5, actors=2)]
+            return [small(rounds=3, warmup=1, actors=a) for a in actors or (1,)]
+        return [small(rounds=40, warmup=5, actors=a) for a in actors or (1, 2)]
     if group == "cifar":
         # The pfl-research shape on a GPU; on a CPU fewer clients per round (and registered,
         # so that the data is smaller), which keeps the per-client work and compute dominant.
@@ -95,7 +107,8 @@ def plan(group: str, quick: bool, device: str, data: Path, write: bool = True) -
         if write and not path.exists():
             write_cifar_like(path, clients * 50, 100)
         ways = ("plain", "fedsim") if quick or device == "cuda" else ("plain", "fedsim", "flower")
-        return [cifar(path, clients, per_round, rounds, warmup, a, ways) for a in actor_counts]
+        chosen = actors or actor_counts
+        return [cifar(path, clients, per_round, rounds, warmup, a, ways) for a in chosen]
     if group == "scale":
         sizes, rounds, warmup = ((2000, 200), 3, 1) if quick else ((100_000, 1000), 40, 5)
         workloads = []
@@ -174,6 +187,11 @@ def summarise(
             for reps in by_rep.values()
             if way in reps and "plain" in reps
         ]
+        cpu_ratios = [
+            reps[way]["cpu_s_per_round"] / reps["plain"]["cpu_s_per_round"]
+            for reps in by_rep.values()
+            if way in reps and "plain" in reps and reps["plain"].get("cpu_s_per_round")
+        ]
         diffs = [
             max_abs_diff(reps[way]["final_model"], reps["plain"]["final_model"])
             for reps in by_rep.values()
@@ -195,6 +213,8 @@ def summarise(
             "ratio_min": min(ratios) if ratios else float("nan"),
             "ratio_max": max(ratios) if ratios else float("nan"),
             "rounds_per_s": 1e3 / middle,
+            "cpu_ms": 1e3 * _median_of(runs, "cpu_s_per_round"),
+            "cpu_ratio": statistics.median(cpu_ratios) if cpu_ratios else float("nan"),
             "startup_s": statistics.median(r["startup_s"] for r in runs),
             "prepare_s": statistics.median(r["prepare_s"] for r in runs),
             "peak_driver_mb": statistics.median(r["peak_self_mb"] for r in runs),
@@ -336,6 +356,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs Ray may use")
+    parser.add_argument(
+        "--actors", default="", help="comma-separated actor counts for small and cifar"
+    )
+    parser.add_argument("--note", default="", help="a remark added to every row (e.g. MPS on)")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
     return parser.parse_args(argv)
 
@@ -356,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="fedsim-bench-") as scratch:
         work = Path(scratch)
         for group in groups:
-            for workload in plan(group, args.quick, args.device, work):
+            actors = tuple(int(a) for a in args.actors.split(",") if a.strip())
+            for workload in plan(group, args.quick, args.device, work, actors=actors):
                 results = []
                 for rep in range(reps):
                     shift = rep % len(workload.ways)
@@ -369,7 +394,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                             flush=True,
                         )
                         results.append(result)
-                rows += summarise(workload, results, args.device)
+                summary = summarise(workload, results, args.device)
+                for row in summary:
+                    row["note"] = "; ".join(x for x in (row["note"], args.note) if x)
+                rows += summary
                 profiles += profile(workload, results)
                 raw += [{k: v for k, v in r.items() if k != "final_model"} for r in results]
     write_csv(args.out / "results.csv", rows, RESULT_COLUMNS)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.measure import GpuSampler, MemorySampler
+from benchmarks.measure import GpuSampler, MemorySampler, tree_cpu_seconds
 from benchmarks.plain_loop import run_plain
 from fedsim.config import scenario_from_dict
 from fedsim.results import RunWriter
@@ -44,6 +44,28 @@ class StampedPattern:
         return getattr(self.pattern, name)
 
 
+class RoundEnds:
+    """Round-end times, and the process tree's CPU time where the measured rounds begin
+    (the end of the last warm-up round) and end; read between rounds, so no round pays."""
+
+    def __init__(self, warmup: int, last: int) -> None:
+        self.warmup, self.last = warmup, last
+        self.ends: dict[int, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def __call__(self, rnd: int, *_: object) -> None:
+        self.ends[rnd] = time.perf_counter()
+        if rnd == self.warmup:
+            self.cpu["start"] = tree_cpu_seconds()
+        if rnd == self.last:
+            self.cpu["end"] = tree_cpu_seconds()
+
+    def cpu_per_round(self) -> float | None:
+        if "start" not in self.cpu or "end" not in self.cpu or self.last <= self.warmup:
+            return None
+        return (self.cpu["end"] - self.cpu["start"]) / (self.last - self.warmup)
+
+
 def _grid_recorder() -> list[Any]:
     """Make fedsim's runner build RayGrids that this process can read the ``stats`` of."""
     from fedsim.engine import ray_grid
@@ -62,7 +84,9 @@ def _grid_recorder() -> list[Any]:
     return grids
 
 
-def _engine(way: str, prepared: Prepared, writer: RunWriter, spec: dict[str, Any]) -> dict:
+def _engine(
+    way: str, prepared: Prepared, writer: RunWriter, spec: dict[str, Any], clock: RoundEnds
+) -> dict[str, Any]:
     """Run fedsim's or Flower's engine; returns final arrays and per-round grid stats."""
     import ray
 
@@ -70,10 +94,9 @@ def _engine(way: str, prepared: Prepared, writer: RunWriter, spec: dict[str, Any
 
     grids = _grid_recorder()
     stats: dict[int, dict[str, float]] = {}
-    ends: dict[int, float] = {}
 
     def on_round_end(rnd: int, _accuracy: float | None) -> None:
-        ends[rnd] = time.perf_counter()
+        clock(rnd)
         if grids:
             stats[rnd] = dict(grids[-1].stats)
 
@@ -86,35 +109,30 @@ def _engine(way: str, prepared: Prepared, writer: RunWriter, spec: dict[str, Any
         logging_level=logging.ERROR,
     )
     ray_s = time.perf_counter() - started
-    control = RunControl(on_round_end=on_round_end)
     engine = run_on_ray if way == "fedsim" else run_on_flower
-    arrays = engine(prepared, writer, control)
+    arrays = engine(prepared, writer, RunControl(on_round_end=on_round_end))
     if ray.is_initialized():
         ray.shutdown()
-    final = {name: arrays[name].numpy() for name in arrays}
-    created = grids[-1].created_s if grids else None
     return {
-        "final": final,
-        "ends": ends,
+        "final": {name: arrays[name].numpy() for name in arrays},
         "stats": stats,
         "started": started,
         "ray_s": ray_s,
-        "actors_s": created,
+        "actors_s": grids[-1].created_s if grids else None,
     }
 
 
-def _plain(prepared: Prepared, device: str) -> dict:
-    ends: dict[int, float] = {}
+def _plain(prepared: Prepared, device: str, clock: RoundEnds) -> dict[str, Any]:
     if device == "cpu":
         torch.set_num_threads(1)  # as fedsim's ClientApp does on a CPU (one thread per actor)
     sync = torch.cuda.synchronize if device == "cuda" else None
     started = time.perf_counter()
-    state, times = run_plain(
-        prepared, on_round_end=lambda rnd: ends.__setitem__(rnd, time.perf_counter()), sync=sync
-    )
-    final = {name: tensor.cpu().numpy() for name, tensor in state.items()}
-    phases = {str(rnd): values for rnd, values in enumerate(times.rounds, start=1)}
-    return {"final": final, "ends": ends, "started": started, "phases": phases}
+    state, times = run_plain(prepared, on_round_end=clock, sync=sync)
+    return {
+        "final": {name: tensor.cpu().numpy() for name, tensor in state.items()},
+        "started": started,
+        "phases": {str(rnd): values for rnd, values in enumerate(times.rounds, start=1)},
+    }
 
 
 def _loop_timings(writer: RunWriter) -> dict[int, dict[str, float]]:
@@ -137,11 +155,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     prepare_s = time.perf_counter() - started
     pattern = StampedPattern(prepared.pattern)
     prepared.pattern = pattern
+    clock = RoundEnds(spec["warmup"], scenario.rounds)
     writer = RunWriter(run_dir, scenario.raw)
     with MemorySampler() as memory, GpuSampler() if device == "cuda" else _Null() as gpu:
-        out = _plain(prepared, device) if way == "plain" else _engine(way, prepared, writer, spec)
-    rounds = sorted(out["ends"])
-    round_s = [out["ends"][r] - pattern.starts[r] for r in rounds]
+        if way == "plain":
+            out = _plain(prepared, device, clock)
+        else:
+            out = _engine(way, prepared, writer, spec, clock)
+    rounds = sorted(clock.ends)
     warm = [r for r in rounds if r > spec["warmup"]]
     result: dict[str, Any] = {
         "way": way,
@@ -149,15 +170,16 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "rep": spec["rep"],
         "prepare_s": prepare_s,
         "startup_s": pattern.starts[rounds[0]] - out["started"] if rounds else None,
-        "round_s": round_s,
+        "round_s": [clock.ends[r] - pattern.starts[r] for r in rounds],
         "measured_rounds": warm,
+        "cpu_s_per_round": clock.cpu_per_round(),
         "peak_self_mb": memory.peak_self_mb,
         "peak_tree_mb": memory.peak_tree_mb,
         "ray_s": out.get("ray_s"),
         "actors_s": out.get("actors_s"),
     }
     if device == "cuda" and warm:
-        result.update(gpu.summary(pattern.starts[warm[0]], out["ends"][warm[-1]]))
+        result.update(gpu.summary(pattern.starts[warm[0]], clock.ends[warm[-1]]))
     if way == "plain":
         result["plain_phases"] = out["phases"]
     else:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedsim.errors import FedsimError
@@ -39,7 +40,8 @@ console = Console(stderr=True)
 
 
 def _fail(error: FedsimError) -> None:
-    console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    # escape: messages name TOML tables ("[model]"), which rich would take for markup
+    console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -69,7 +71,7 @@ def _stop_on_ctrl_c() -> Iterator[threading.Event]:
 
 
 def _interrupted(message: str) -> None:
-    console.print(message, highlight=False, soft_wrap=True)
+    console.print(message, highlight=False, soft_wrap=True, markup=False)
     raise typer.Exit(INTERRUPTED_EXIT)
 
 
@@ -446,7 +448,7 @@ def main() -> None:
     try:
         app()
     except FedsimError as error:  # raised outside a command's own handler
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

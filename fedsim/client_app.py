@@ -20,6 +20,7 @@ the simulator itself needs from a node: answering "which partition are you?"
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -91,14 +92,18 @@ class _Workspace:
 
 
 _WORKSPACES: dict[ClientSpec, _Workspace] = {}
+_LAST: list[tuple[ClientSpec, _Workspace]] = []  # the last one used: found without hashing
 
 
 def _workspace(spec: ClientSpec) -> _Workspace:
+    if _LAST and _LAST[0][0] is spec:
+        return _LAST[0][1]
     if spec not in _WORKSPACES:
         if not _WORKSPACES and not torch.cuda.is_available():
             # Measured on 2 cores: intra-op threads slow small-model training down.
             torch.set_num_threads(1)
         _WORKSPACES[spec] = _Workspace(spec)
+    _LAST[:] = [(spec, _WORKSPACES[spec])]
     return _WORKSPACES[spec]
 
 
@@ -191,11 +196,89 @@ def array_to_numpy(array: Array) -> np.ndarray:
     return array.numpy()
 
 
+_ALIGN = 64  # byte alignment of each tensor in a staging buffer
+
+
+def _layout(tensors: list[torch.Tensor]) -> tuple[list[int], int]:
+    """Aligned byte offsets of ``tensors`` packed one after the other, and the total."""
+    offsets, total = [], 0
+    for tensor in tensors:
+        offsets.append(total)
+        total += -(-tensor.numel() * tensor.element_size() // _ALIGN) * _ALIGN
+    return offsets, total
+
+
+class _Staging:
+    """One host buffer per process (pinned when CUDA is there), reused for every copy
+    between the host and an accelerator: one transfer per model instead of one per tensor."""
+
+    buffer: torch.Tensor | None = None
+
+    @classmethod
+    def host(cls, nbytes: int) -> torch.Tensor:
+        if cls.buffer is None or cls.buffer.numel() < nbytes:
+            pin = torch.cuda.is_available()
+            cls.buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=pin)
+        return cls.buffer[:nbytes]
+
+
+@functools.cache
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype | None:
+    """The numpy dtype of a torch dtype (None where numpy has none, e.g. bfloat16)."""
+    try:
+        return torch.empty(0, dtype=dtype).numpy().dtype
+    except TypeError:
+        return None
+
+
+def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().reshape(-1).view(torch.uint8)
+
+
+def staged_load(tensors: list[torch.Tensor], views: list[np.ndarray]) -> None:
+    """Copy host arrays into same-dtype (device) tensors through one staging transfer."""
+    offsets, total = _layout(tensors)
+    device = tensors[0].device
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()  # the buffer's last copy is done
+    host = _Staging.host(total)
+    host_np = host.numpy()
+    for offset, view in zip(offsets, views, strict=True):
+        raw = np.ascontiguousarray(view).reshape(-1).view(np.uint8)
+        host_np[offset : offset + raw.size] = raw
+    staged = host.to(device, non_blocking=True)
+    for offset, tensor in zip(offsets, tensors, strict=True):
+        size = tensor.numel() * tensor.element_size()
+        tensor.copy_(staged[offset : offset + size].view(tensor.dtype).view(tensor.shape))
+
+
+def staged_numpy(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """Host copies of (device) tensors through one staging transfer (valid until the next)."""
+    offsets, total = _layout(tensors)
+    packed = torch.zeros(total, dtype=torch.uint8, device=tensors[0].device)
+    for offset, tensor in zip(offsets, tensors, strict=True):
+        raw = _bytes_of(tensor)
+        packed[offset : offset + raw.numel()] = raw
+    host = _Staging.host(total)
+    host.copy_(packed, non_blocking=True)
+    if packed.device.type == "cuda":
+        torch.cuda.current_stream(packed.device).synchronize()
+    host_np = host.numpy()
+    out = []
+    for offset, tensor in zip(offsets, tensors, strict=True):
+        dtype = _numpy_dtype(tensor.dtype)
+        assert dtype is not None
+        size = tensor.numel() * tensor.element_size()
+        out.append(host_np[offset : offset + size].view(dtype).reshape(tuple(tensor.shape)))
+    return out
+
+
 @torch.no_grad()
 def load_arrays(model: torch.nn.Module, arrays: ArrayRecord) -> None:
     """Copy ``arrays`` into ``model``'s parameters and buffers, where they already live.
 
-    As strict as ``load_state_dict`` (which reports any mismatch of names or shapes).
+    As strict as ``load_state_dict`` (which reports any mismatch of names or shapes). On
+    an accelerator the whole model travels in one transfer.
     """
     state = model.state_dict()
     views = {name: array_to_numpy(arrays[name]) for name in arrays}
@@ -204,20 +287,35 @@ def load_arrays(model: torch.nn.Module, arrays: ArrayRecord) -> None:
     ):
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in views.items()})
         return
-    for name, tensor in state.items():
-        if tensor.device.type == "cpu":
+    tensors = list(state.values())
+    if all(tensor.device.type == "cpu" for tensor in tensors):
+        for name, tensor in state.items():
             np.copyto(tensor.numpy(), views[name], casting="unsafe")
-        else:
-            tensor.copy_(torch.from_numpy(np.array(views[name])), non_blocking=False)
+    elif len({t.device for t in tensors}) == 1 and all(
+        views[name].dtype == _numpy_dtype(tensor.dtype) for name, tensor in state.items()
+    ):
+        staged_load(tensors, [views[name] for name in state])
+    else:
+        for name, tensor in state.items():
+            tensor.copy_(torch.from_numpy(np.array(views[name])))
 
 
 def state_to_record(model: torch.nn.Module) -> ArrayRecord:
-    """The model's ``state_dict`` as an ``ArrayRecord`` (what ``ArrayRecord(state_dict)`` is)."""
+    """The model's ``state_dict`` as an ``ArrayRecord`` (what ``ArrayRecord(state_dict)`` is);
+    from an accelerator in one transfer."""
+    state = model.state_dict()
+    tensors = list(state.values())
+    if (
+        tensors
+        and len({t.device for t in tensors}) == 1
+        and tensors[0].device.type != "cpu"
+        and all(_numpy_dtype(t.dtype) is not None for t in tensors)
+    ):
+        arrays = staged_numpy(tensors)
+    else:
+        arrays = [tensor.detach().cpu().numpy() for tensor in tensors]
     return ArrayRecord(
-        {
-            name: numpy_to_array(tensor.detach().cpu().numpy())
-            for name, tensor in model.state_dict().items()
-        }
+        {name: numpy_to_array(array) for name, array in zip(state, arrays, strict=True)}
     )
 
 

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,11 +27,19 @@ from flwr.clientapp import ClientApp
 from benchmarks.plain_loop import run_plain
 from benchmarks.run import GROUPS, plan
 from benchmarks.workloads import small
-from fedsim.client_app import array_to_numpy, load_arrays, numpy_to_array, state_to_record
+from fedsim.client_app import (
+    array_to_numpy,
+    load_arrays,
+    numpy_to_array,
+    staged_load,
+    staged_numpy,
+    state_to_record,
+)
 from fedsim.config import scenario_from_dict
 from fedsim.engine.identity import node_id_of, set_identity
-from fedsim.runner import prepare
+from fedsim.runner import Prepared, prepare
 from fedsim.strategies.fedavg import FedAvg
+from tests.conftest import FixedGrid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,22 +97,16 @@ def test_every_planned_workload_is_a_valid_scenario(
         assert scale == ["scale-100000", "scale-1000"]
 
 
-def in_process_fedsim(prepared, rounds: int) -> dict[str, np.ndarray]:
+def in_process_fedsim(prepared: Prepared, rounds: int) -> dict[str, np.ndarray]:
     """fedsim's ClientApp and FedAvg driven by hand, without Ray."""
     set_identity(1)
     strategy = FedAvg(num_clients=prepared.scenario.data.num_clients)
     contexts: dict[int, Context] = {}
+    assert prepared.initial_arrays is not None
     arrays = prepared.initial_arrays
 
-    class Nodes:
-        def __init__(self, clients: np.ndarray) -> None:
-            self.clients = clients
-
-        def get_node_ids(self) -> list[int]:
-            return [node_id_of(int(c)) for c in self.clients]
-
     for rnd in range(1, rounds + 1):
-        grid = Nodes(prepared.pattern.reachable(rnd))
+        grid: Any = FixedGrid([node_id_of(int(c)) for c in prepared.pattern.reachable(rnd)])
         replies = []
         for message in strategy.configure_train(rnd, arrays, ConfigRecord(), grid):
             node = message.metadata.dst_node_id
@@ -122,7 +125,9 @@ def in_process_fedsim(prepared, rounds: int) -> dict[str, np.ndarray]:
             set_identity(1, node)
             replies.append(prepared.app(message, context))
             set_identity(1)
-        arrays, _ = strategy.aggregate_train(rnd, replies)
+        new, _ = strategy.aggregate_train(rnd, replies)
+        assert new is not None
+        arrays = new
     return {name: arrays[name].numpy() for name in arrays}
 
 
@@ -137,6 +142,7 @@ def test_plain_loop_trains_exactly_as_fedsims_client_app(tmp_path: Path) -> None
     for name, value in expected.items():
         np.testing.assert_array_equal(state[name].numpy(), value)
     initial = prepared.initial_arrays
+    assert initial is not None
     assert any(not np.array_equal(initial[n].numpy(), v) for n, v in expected.items())
 
 
@@ -173,6 +179,22 @@ def test_fast_array_conversions_fall_back_where_they_must() -> None:
         load_arrays(target, wrong)
 
 
+def test_staged_copies_move_every_tensor_whole() -> None:
+    tensors = [
+        torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        torch.tensor(7, dtype=torch.int64),
+        torch.zeros(0, dtype=torch.float16),
+        torch.arange(5, dtype=torch.float64),
+    ]
+    copies = staged_numpy(tensors)
+    for tensor, copy in zip(tensors, copies, strict=True):
+        assert copy.dtype == tensor.numpy().dtype and copy.shape == tuple(tensor.shape)
+        np.testing.assert_array_equal(copy, tensor.numpy())
+    sources = [np.full(tuple(t.shape), 3, dtype=t.numpy().dtype) for t in tensors]
+    staged_load(tensors, sources)
+    assert tensors[0].eq(3).all() and int(tensors[1]) == 3 and tensors[3].eq(3).all()
+
+
 # A ClientApp that adds (partition + 1 + earlier calls) to every array, mutates the content it
 # receives (each message must have its own), and kills its worker for partition 3.
 batch_app = ClientApp()
@@ -183,13 +205,19 @@ def _train(message: Message, context: Context) -> Message:
     partition = int(context.node_config["partition-id"])
     if partition == 3:
         os._exit(1)
-    calls = int(context.state.config_records.get("calls", ConfigRecord({"n": 0}))["n"])
+    record = context.state.config_records.get("calls", ConfigRecord({"n": 0}))
+    calls = int(record["n"])  # type: ignore[arg-type]
     context.state.config_records["calls"] = ConfigRecord({"n": calls + 1})
-    arrays = message.content["arrays"]
+    arrays = message.content.array_records["arrays"]
     new = ArrayRecord({k: Array(arrays[k].numpy() + partition + 1 + calls) for k in arrays})
-    message.content["arrays"] = ArrayRecord()  # a careless app: the next one must not see this
+    # A careless app: the next message must not see this.
+    message.content.array_records["arrays"] = ArrayRecord()
     reply = RecordDict({"arrays": new, "metrics": MetricRecord({"num-examples": 1})})
     return Message(reply, reply_to=message)
+
+
+def first(reply: Message) -> float:
+    return float(reply.content.array_records["arrays"]["w"].numpy()[0])
 
 
 def test_batched_dispatch_keeps_the_engines_semantics(ray_session: None) -> None:
@@ -201,7 +229,7 @@ def test_batched_dispatch_keeps_the_engines_semantics(ray_session: None) -> None
         healthy = [node_id_of(c) for c in (5, 0, 2, 4)]
         replies = list(grid.send_and_receive([Message(content, n, "train") for n in healthy]))
         assert [r.metadata.src_node_id for r in replies] == healthy
-        assert [r.content["arrays"]["w"].numpy()[0] for r in replies] == [6.0, 1.0, 3.0, 5.0]
+        assert [first(r) for r in replies] == [6.0, 1.0, 3.0, 5.0]
         assert grid.stats["calls"] == 1 and grid.stats["messages"] == 4  # one call, 4 messages
         # Partition 3 kills the actor in the middle of a batch: the batch runs again one
         # message per call, and only partition 3 is answered with the error.
@@ -209,8 +237,8 @@ def test_batched_dispatch_keeps_the_engines_semantics(ray_session: None) -> None
         replies = list(grid.send_and_receive([Message(content, n, "train") for n in nodes]))
         assert [r.metadata.src_node_id for r in replies] == nodes
         assert [r.has_error() for r in replies] == [False, False, True, False, False]
-        assert "actor died" in replies[2].error.reason
-        got = [r.content["arrays"]["w"].numpy()[0] for r in replies if not r.has_error()]
+        assert "actor died" in str(replies[2].error.reason)
+        got = [first(r) for r in replies if not r.has_error()]
         assert got == [7.0, 2.0, 4.0, 6.0]  # each context counted one earlier call, not two
         assert grid.stats["calls"] == 1 + 1 + 5 and grid.stats["messages"] == 4 + 5 + 5
     finally:

@@ -221,6 +221,7 @@ def crash_after(round_: int) -> Any:
     return on_round_end
 
 
+@pytest.mark.slow
 def test_crash_then_resume_is_identical_on_digits(tmp_path: Path, ray_session: None) -> None:
     """fedsim's ClientApp (data-stream position in each Context), dropout faults,
     federated evaluation; the crash comes one round after the checkpoint."""

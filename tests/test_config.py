@@ -61,7 +61,7 @@ def with_change(tmp_path: Path, table: str, key: str, value: object) -> Path:
             "colour",
             1,
             "colour: expected one of the known keys (checkpoint, client, data, "
-            "engine, evaluate, model, name, participation, rounds, seed, strategy)",
+            "engine, evaluate, model, name, participation, rounds, seed, strategy, sweep)",
         ),
         ("", "rounds", "ten", "rounds: expected an integer, got 'ten'"),
         ("", "rounds", 0, "rounds: expected an integer >= 1, got 0"),
@@ -86,8 +86,9 @@ def test_bad_values(tmp_path: Path, table: str, key: str, value: object, message
 def test_unknown_key_names_the_known_ones(tmp_path: Path) -> None:
     path = with_change(tmp_path, "engine", "num_actor", 2)
     assert error_of(path) == (
-        f"{path}: engine.num_actor: expected one of the known keys (kind, num_actors, "
-        "num_cpus_per_client, num_gpus_per_client, ray_address, server_device, timeout)"
+        f"{path}: engine.num_actor: expected one of the known keys (kind, max_failure_fraction, "
+        "max_failures_per_round, num_actors, num_cpus_per_client, num_gpus_per_client, "
+        "ray_address, server_device, timeout)"
     )
 
 

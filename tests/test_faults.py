@@ -121,6 +121,7 @@ def test_failure_limit_stops_the_run_with_results_so_far(
     assert not (tmp_path / "run" / "final_model.npz").exists()
 
 
+@pytest.mark.slow
 def test_dead_actor_is_replaced_and_its_message_a_failure(
     tmp_path: Path, ray_session: None
 ) -> None:
@@ -133,6 +134,7 @@ def test_dead_actor_is_replaced_and_its_message_a_failure(
     assert part.replied.sum() == 11
 
 
+@pytest.mark.slow
 def test_straggler_past_the_timeout_is_a_failure_without_a_hang(
     tmp_path: Path, ray_session: None
 ) -> None:
@@ -240,7 +242,8 @@ def test_resume_of_a_bad_results_directory_is_a_one_line_error(tmp_path: Path) -
         "nowhere": "no such run directory",
         "empty": "not a fedsim run directory (no scenario.toml)",
         "done": "the run is complete (summary.json); nothing to resume",
-        "fresh": "no checkpoint.pkl to resume from",
+        "fresh": "no checkpoint.pkl to resume from (the run stopped before its first "
+        "checkpoint, see [checkpoint] every); start it again",
         "broken": "unreadable checkpoint",
     }
     for name, problem in expected.items():

@@ -9,7 +9,7 @@ then decide which selected clients' replies arrive in time.
 The ``[participation]`` table of a scenario is read here: ``pattern`` picks a
 builder from the registry, each pattern accepts its own keys, and the fault
 keys (``dropout``, ``latency``, ``deadline``) go with any pattern. The
-reference for every key is docs/sections/participation.md.
+reference for every key is docs/scenario.md.
 """
 
 from __future__ import annotations

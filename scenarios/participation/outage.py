@@ -4,7 +4,7 @@ Clients ``0 .. outage_clients - 1`` vanish between rounds ``first`` and ``last``
 (inclusive); otherwise every client is up with probability ``p_up``, drawn from
 the round's own generator so that the answer for a round never depends on what
 was asked before. Used by ``script_example.toml`` (see
-docs/sections/participation.md, "Scripts").
+docs/scenario.md, "Scripts").
 """
 
 from __future__ import annotations
