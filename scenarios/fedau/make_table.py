@@ -65,6 +65,8 @@ SCALE = (
     "engine.num_actors=1",
     "checkpoint.every=0",  # a sweep redoes an interrupted run from scratch anyway
 )
+BUDGET_S = 1800  # the whole table should take at most this long on the shared 2-core machine
+TIMING_FILE = "make_table.json"  # the last invocation's wall time, kept for --table-only
 LAST_FRACTION = 0.1  # the paper reports the mean test accuracy over the last rounds
 
 
@@ -274,26 +276,40 @@ def by_seed(results: Sequence[RunResult], pattern: str, method: str) -> dict[int
     return {r.seed: r.last_mean for r in results if (r.pattern, r.method) == (pattern, method)}
 
 
-def verdict(results: Sequence[RunResult], patterns: Sequence[str]) -> str:
-    """Per pattern: FedAU's margin over each FedAvg variant (mean over seeds of the paired
-    difference of the last-10% accuracy, which shares data, split and p_n per seed)."""
-    lines = []
+def margin_table(results: Sequence[RunResult], patterns: Sequence[str]) -> str:
+    """FedAU minus every other method, per pattern: the mean over seeds of the paired
+    difference of the last-10% accuracy (points), and on how many seeds FedAU is ahead."""
+    others = [m.label for m in METHODS if m.label != "FedAU"]
+    lines = ["| pattern | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
     for pattern in patterns:
         fedau = by_seed(results, pattern, "FedAU")
-        parts = []
-        for other in ("FedAvg, participating", "FedAvg, all"):
+        cells = []
+        for other in others:
             base = by_seed(results, pattern, other)
             seeds = sorted(set(fedau) & set(base))
             if not seeds:
+                cells.append("—")
                 continue
             diff = np.array([fedau[s] - base[s] for s in seeds]) * 100
-            parts.append(
-                f"{diff.mean():+.1f} points over {other} "
-                f"({int((diff > 0).sum())}/{len(seeds)} seeds ahead)"
-            )
-        if parts:
-            lines.append(f"- {pattern}: FedAU " + "; ".join(parts) + ".")
+            cells.append(f"{diff.mean():+.1f} ({int((diff > 0).sum())}/{len(seeds)})")
+        lines.append(f"| {pattern} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def verdict(results: Sequence[RunResult], patterns: Sequence[str]) -> str:
+    """One sentence: in how many patterns FedAU's mean is above both FedAvg variants'."""
+    ahead = []
+    for pattern in patterns:
+        fedau = by_seed(results, pattern, "FedAU")
+        bases = [by_seed(results, pattern, o) for o in ("FedAvg, participating", "FedAvg, all")]
+        if fedau and all(bases):
+            mean = float(np.mean(list(fedau.values())))
+            if all(mean > float(np.mean(list(b.values()))) for b in bases):
+                ahead.append(pattern)
+    return (
+        f"FedAU's mean is above both FedAvg variants' in {len(ahead)} of {len(patterns)} "
+        f"patterns ({', '.join(ahead) or 'none'})."
+    )
 
 
 def omega_table(results: Sequence[RunResult], patterns: Sequence[str]) -> str:
@@ -362,9 +378,16 @@ def markdown(
     invocation = ""
     if timing.get("grid_wall_s") is not None:
         invocation = (
-            f"{timing['grid_wall_s']:.0f} s for the last invocation of the script "
+            f"{timing['grid_wall_s']:.0f} s ({timing['grid_wall_s'] / 60:.1f} min) for the last "
+            f"invocation of the script, started {timing.get('started', '?')} "
             f"({timing['ran']} runs ran in it; load average {timing['load_start']} at its start, "
-            f"{timing['load_end']} at its end), "
+            f"{timing['load_end']} at its end"
+            + (
+                "; over the 30-minute budget the size was chosen for, because of the load"
+                if timing["grid_wall_s"] > BUDGET_S
+                else ""
+            )
+            + "); "
         )
     return DOC_TEMPLATE.format(
         seeds=", ".join(map(str, seeds)),
@@ -374,6 +397,7 @@ def markdown(
         last_table=accuracy_table(results, "last_mean", patterns, len(seeds)),
         final_table=accuracy_table(results, "final", patterns, len(seeds)),
         verdict=verdict(results, patterns),
+        margin_table=margin_table(results, patterns),
         omega_table=omega_table(results, patterns),
         wall_table=wall_table(results, patterns),
         commands=sweep_commands(sweeps, seeds, runs_root),
@@ -454,10 +478,11 @@ Final test accuracy (%) after round {rounds}:
 
 {final_table}
 
-FedAU's margin over the FedAvg variants, last-10% accuracy, paired by seed (at a given seed
-every method sees the same data, split, initial model and p_n):
+{verdict} FedAU minus each other method, last-10% accuracy in points, mean over seeds
+of the paired difference (at a given seed every method sees the same data, split, initial
+model and p_n), and on how many seeds FedAU is ahead:
 
-{verdict}
+{margin_table}
 
 One test image is 0.28 points of accuracy; p_n is redrawn with each seed, so the std over
 seeds also spans different participation profiles.
@@ -527,8 +552,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(1)  # the Ray actors need the other core
     sweeps = groups(patterns)
     sweep_plans = plans(args.runs, sweeps, seeds)
+    timing_file = args.runs / TIMING_FILE
     timing: dict[str, Any] = {"grid_wall_s": None}
+    if args.table_only and timing_file.is_file():
+        timing = json.loads(timing_file.read_text())
     if not args.table_only:
+        started = time.strftime("%Y-%m-%d %H:%M %Z")
         load_start = f"{os.getloadavg()[0]:.1f}"
         pending = sum(
             not (plan.run_dir(p) / "summary.json").is_file()
@@ -541,7 +570,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "ran": pending,
             "load_start": load_start,
             "load_end": f"{os.getloadavg()[0]:.1f}",
+            "started": started,
         }
+        timing_file.write_text(json.dumps(timing, indent=1))
     results = [r for plan, g in zip(sweep_plans, sweeps, strict=True) for r in collect(plan, g)]
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(markdown(results, sweeps, seeds, patterns, args.runs, timing))
