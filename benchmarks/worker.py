@@ -119,6 +119,7 @@ def _engine(
         "started": started,
         "ray_s": ray_s,
         "actors_s": grids[-1].created_s if grids else None,
+        "contexts": len(grids[-1].contexts) if grids else None,
     }
 
 
@@ -177,6 +178,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_tree_mb": memory.peak_tree_mb,
         "ray_s": out.get("ray_s"),
         "actors_s": out.get("actors_s"),
+        "contexts": out.get("contexts"),
     }
     if device == "cuda" and warm:
         result.update(gpu.summary(pattern.starts[warm[0]], clock.ends[warm[-1]]))

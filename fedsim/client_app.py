@@ -171,7 +171,7 @@ def numpy_to_array(ndarray: np.ndarray) -> Array:
         return Array(ndarray)
     shape = tuple(int(d) for d in ndarray.shape)
     data = b"".join((_npy_header(ndarray.dtype, shape), ndarray.data))
-    return Array(dtype=str(ndarray.dtype), shape=shape, stype=SType.NUMPY, data=data)
+    return Array(dtype=ndarray.dtype.name, shape=shape, stype=SType.NUMPY, data=data)
 
 
 def array_to_numpy(array: Array) -> np.ndarray:
@@ -314,9 +314,10 @@ def state_to_record(model: torch.nn.Module) -> ArrayRecord:
         arrays = staged_numpy(tensors)
     else:
         arrays = [tensor.detach().cpu().numpy() for tensor in tensors]
-    return ArrayRecord(
-        {name: numpy_to_array(array) for name, array in zip(state, arrays, strict=True)}
-    )
+    record = ArrayRecord()  # filled in place: ArrayRecord(dict) would copy every Array
+    for name, array in zip(state, arrays, strict=True):
+        record[name] = numpy_to_array(array)
+    return record
 
 
 def round_batches(
