@@ -9,12 +9,63 @@ go back.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
+from flwr.common.constant import SType
+
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for a C-ordered array (cached per shape)."""
+    key = (dtype.str, shape)
+    if key not in _NPY_HEADERS:
+        buffer = io.BytesIO()
+        np.save(buffer, np.empty(shape, dtype), allow_pickle=False)
+        data = buffer.getvalue()
+        _NPY_HEADERS[key] = data[: len(data) - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize]
+    return _NPY_HEADERS[key]
+
+
+def numpy_to_array(ndarray: np.ndarray) -> Array:
+    """``Array(ndarray)`` with the same bytes, without ``np.save``'s per-call header work.
+
+    >>> a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    >>> numpy_to_array(a).data == Array(a).data
+    True
+    """
+    if not ndarray.flags.c_contiguous or ndarray.dtype.hasobject:
+        return Array(ndarray)
+    shape = tuple(int(d) for d in ndarray.shape)
+    data = b"".join((_npy_header(ndarray.dtype, shape), ndarray.data))
+    return Array(dtype=ndarray.dtype.name, shape=shape, stype=SType.NUMPY, data=data)
+
+
+def array_to_numpy(array: Array) -> np.ndarray:
+    """``array.numpy()`` as a read-only view of its bytes (no header parsing, no copy).
+
+    Anything but a C-ordered ``.npy`` of a plain dtype goes through ``array.numpy()``.
+
+    >>> a = np.arange(6, dtype=np.int64).reshape(3, 2)
+    >>> view = array_to_numpy(Array(a))
+    >>> bool((view == a).all()), view.dtype, view.flags.writeable
+    (True, dtype('int64'), False)
+    """
+    if array.stype == SType.NUMPY:
+        try:
+            dtype = np.dtype(array.dtype)
+        except TypeError:
+            return array.numpy()
+        shape = tuple(int(d) for d in array.shape)
+        offset = len(array.data) - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if not dtype.hasobject and offset > 0 and array.data[:offset] == _npy_header(dtype, shape):
+            return np.frombuffer(array.data, dtype=dtype, offset=offset).reshape(shape)
+    return array.numpy()
 
 
 @dataclass(frozen=True)
@@ -33,7 +84,7 @@ class Layout:
 
     @classmethod
     def of(cls, record: ArrayRecord) -> Layout:
-        arrays = [record[name].numpy() for name in record]
+        arrays = [array_to_numpy(record[name]) for name in record]
         return cls(
             names=tuple(record.keys()),
             shapes=tuple(a.shape for a in arrays),
@@ -50,24 +101,35 @@ class Layout:
 
     def flatten(self, record: ArrayRecord, device: str | torch.device = "cpu") -> torch.Tensor:
         """The record as one float32 vector (in this layout's order) on ``device``."""
-        if tuple(record.keys()) != self.names:
-            raise ValueError(f"record keys {list(record.keys())} differ from {list(self.names)}")
-        parts = [np.asarray(record[name].numpy(), dtype=np.float32).ravel() for name in self.names]
-        flat = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        return torch.from_numpy(flat).to(device)
+        return self.stack([record], device)[0]
 
     def stack(
         self, records: Sequence[ArrayRecord], device: str | torch.device = "cpu"
     ) -> torch.Tensor:
-        """Several records as the rows of one ``(len(records), size)`` tensor."""
-        if not records:
-            return torch.zeros((0, self.size), device=device)
-        return torch.stack([self.flatten(record, device) for record in records])
+        """Several records as the rows of one ``(len(records), size)`` float32 tensor.
+
+        Each array is read in place from its bytes and copied once, into the rows.
+        """
+        rows = np.empty((len(records), self.size), np.float32)
+        for row, record in zip(rows, records, strict=True):
+            if tuple(record.keys()) != self.names:
+                raise ValueError(
+                    f"record keys {list(record.keys())} differ from {list(self.names)}"
+                )
+            offset = 0
+            for name, size in zip(self.names, self.sizes, strict=True):
+                np.copyto(
+                    row[offset : offset + size],
+                    array_to_numpy(record[name]).reshape(-1),
+                    casting="unsafe",
+                )
+                offset += size
+        return torch.from_numpy(rows).to(device)
 
     def to_record(self, vector: torch.Tensor) -> ArrayRecord:
         """Back to an ``ArrayRecord``; integer arrays (e.g. BatchNorm counters) are rounded."""
         flat = vector.detach().to("cpu", torch.float32).numpy()
-        arrays: dict[str, Array] = {}
+        record = ArrayRecord()
         offset = 0
         for name, shape, dtype, size in zip(
             self.names, self.shapes, self.dtypes, self.sizes, strict=True
@@ -76,5 +138,5 @@ class Layout:
             offset += size
             if np.issubdtype(dtype, np.integer):
                 chunk = np.rint(chunk)
-            arrays[name] = Array(np.asarray(chunk.astype(dtype)).reshape(shape))
-        return ArrayRecord(arrays)
+            record[name] = numpy_to_array(np.ascontiguousarray(chunk, dtype=dtype))
+        return record

@@ -21,7 +21,6 @@ the simulator itself needs from a node: answering "which partition are you?"
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import json
 import math
@@ -31,11 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SType
 
 from fedsim import keys
+from fedsim.arrays import array_to_numpy, numpy_to_array
 from fedsim.client_data import ClientDataStore
 from fedsim.models import build_model
 from fedsim.seeding import rng
@@ -144,56 +143,6 @@ def _client_id(context: Context) -> int:
 
 def _arrays(message: Message) -> ArrayRecord:
     return message.content.array_records[keys.ARRAYS]
-
-
-_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
-
-
-def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
-    """The ``.npy`` header ``np.save`` writes for a C-ordered array (cached per shape)."""
-    key = (dtype.str, shape)
-    if key not in _NPY_HEADERS:
-        buffer = io.BytesIO()
-        np.save(buffer, np.empty(shape, dtype), allow_pickle=False)
-        data = buffer.getvalue()
-        _NPY_HEADERS[key] = data[: len(data) - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize]
-    return _NPY_HEADERS[key]
-
-
-def numpy_to_array(ndarray: np.ndarray) -> Array:
-    """``Array(ndarray)`` with the same bytes, without ``np.save``'s per-call header work.
-
-    >>> a = np.arange(6, dtype=np.float32).reshape(2, 3)
-    >>> numpy_to_array(a).data == Array(a).data
-    True
-    """
-    if not ndarray.flags.c_contiguous or ndarray.dtype.hasobject:
-        return Array(ndarray)
-    shape = tuple(int(d) for d in ndarray.shape)
-    data = b"".join((_npy_header(ndarray.dtype, shape), ndarray.data))
-    return Array(dtype=ndarray.dtype.name, shape=shape, stype=SType.NUMPY, data=data)
-
-
-def array_to_numpy(array: Array) -> np.ndarray:
-    """``array.numpy()`` as a read-only view of its bytes (no header parsing, no copy).
-
-    Anything but a C-ordered ``.npy`` of a plain dtype goes through ``array.numpy()``.
-
-    >>> a = np.arange(6, dtype=np.int64).reshape(3, 2)
-    >>> view = array_to_numpy(Array(a))
-    >>> bool((view == a).all()), view.dtype, view.flags.writeable
-    (True, dtype('int64'), False)
-    """
-    if array.stype == SType.NUMPY:
-        try:
-            dtype = np.dtype(array.dtype)
-        except TypeError:
-            return array.numpy()
-        shape = tuple(int(d) for d in array.shape)
-        offset = len(array.data) - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if not dtype.hasobject and offset > 0 and array.data[:offset] == _npy_header(dtype, shape):
-            return np.frombuffer(array.data, dtype=dtype, offset=offset).reshape(shape)
-    return array.numpy()
 
 
 _ALIGN = 64  # byte alignment of each tensor in a staging buffer
