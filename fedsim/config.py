@@ -70,7 +70,7 @@ ENGINE_KEYS = {
 }
 EVALUATE_KEYS = {"every", "central", "federated", "batch_size"}
 CHECKPOINT_KEYS = {"every"}
-ENGINE_KINDS = ("ray", "flower")
+ENGINE_KINDS = ("ray", "inline", "flower")
 
 
 class _Reader:
@@ -394,8 +394,23 @@ def _client(reader: _Reader) -> ClientConfig:
 
 def _engine(reader: _Reader) -> EngineConfig:
     reader.only(ENGINE_KEYS)
+    kind = reader.text("kind", "ray", choices=ENGINE_KINDS)
+    if kind == "inline":
+        # One worker, in the driver process: keys about Ray's workers would be ignored.
+        if reader.table.get("num_actors", 1) != 1:
+            raise reader.fail(
+                "num_actors",
+                '1 with kind = "inline" (one worker, in this process)',
+                reader.table["num_actors"],
+            )
+        if "ray_address" in reader.table:
+            raise reader.fail(
+                "ray_address",
+                'no Ray address with kind = "inline" (it runs in this process)',
+                reader.table["ray_address"],
+            )
     return EngineConfig(
-        kind=reader.text("kind", "ray", choices=ENGINE_KINDS),
+        kind=kind,
         num_cpus_per_client=reader.number(
             "num_cpus_per_client", 1.0, minimum=0.0, open_minimum=True
         ),

@@ -724,6 +724,19 @@ def run_on_ray(prepared: Prepared, writer: RunWriter, control: RunControl) -> Ar
             ray.shutdown()
 
 
+def run_inline(prepared: Prepared, writer: RunWriter, control: RunControl) -> ArrayRecord:
+    """The scenario with every client served in this process (``engine.kind = "inline"``)."""
+    from fedsim.engine.inline_grid import InlineGrid
+
+    num_clients = prepared.scenario.data.num_clients
+    grid = InlineGrid(prepared.app, num_clients=num_clients)
+    try:
+        mapping = {c: node_id_of(c) for c in range(num_clients)}
+        return run_session(prepared, grid, mapping, writer, control)
+    finally:
+        grid.shutdown()
+
+
 def run_on_flower(prepared: Prepared, writer: RunWriter, control: RunControl) -> ArrayRecord:
     """The same scenario through Flower's own ``run_simulation`` (for parity checks)."""
     from flwr.serverapp import ServerApp
@@ -759,6 +772,9 @@ def run_on_flower(prepared: Prepared, writer: RunWriter, control: RunControl) ->
         raise RuntimeError("Flower's run_simulation ended without running the scenario")
     arrays: ArrayRecord = outcome["arrays"]
     return arrays
+
+
+ENGINES = {"ray": run_on_ray, "inline": run_inline, "flower": run_on_flower}
 
 
 def run_scenario(
@@ -837,7 +853,7 @@ def _execute(
     """
     try:
         prepared = prepare(scenario, run_dir, data=data)
-        engine = run_on_flower if scenario.engine.kind == "flower" else run_on_ray
+        engine = ENGINES[scenario.engine.kind]
         arrays = engine(prepared, writer, control)
     except RunInterrupted:
         raise

@@ -50,6 +50,7 @@ from typing import Any
 import tomli_w
 
 from fedsim.config import (
+    ENGINE_KINDS,
     Scenario,
     apply_overrides,
     parse_override,
@@ -461,13 +462,22 @@ def run_sweep(
             emit("skip", index)
         else:
             pending.append(index)
-    on_ray = [i for i in pending if plan.points[i].scenario.engine.kind == "ray"]
-    on_flower = [i for i in pending if i not in on_ray]
+    kinds = {
+        kind: [i for i in pending if plan.points[i].scenario.engine.kind == kind]
+        for kind in ENGINE_KINDS
+    }
+    on_ray, inline, on_flower = kinds["ray"], kinds["inline"], kinds["flower"]
     context = _Context(plan, manifest, outcome, emit)
     if run is not None:
         for index in pending:
             context.run_here(index, run)
         return outcome
+    if inline:  # no Ray at all: in this process, or in worker processes side by side
+        if parallel > 1 and len(inline) > 1:
+            _run_parallel(context, inline, min(parallel, len(inline)), None)
+        else:
+            for index in inline:
+                context.run_here(index)
     if on_ray:
         with _ray_runtime(plan.points[on_ray[0]].scenario) as address:
             if parallel > 1 and len(on_ray) > 1:

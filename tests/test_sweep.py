@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 
 from fedsim.analysis import find_runs, load_sweep, participation_probabilities
 from fedsim.cli import app
-from fedsim.config import Scenario, load_scenario
+from fedsim.config import Scenario, load_scenario, scenario_from_dict
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.report import write_report
+from fedsim.runner import run_scenario
 from fedsim.sweep import (
     SweepEvent,
     parse_grid_option,
@@ -329,3 +330,26 @@ def test_cli_sweep_interrupted_by_ctrl_c_resumes_in_parallel(tmp_path: Path) -> 
     assert len(table) == 1 + 6 and all(",2," in line for line in table[1:])
     for name in ("accuracy", "participation", "fedau_omega"):
         assert_png(tmp_path / "sweep" / "report" / f"{name}.png")
+
+
+@pytest.mark.slow
+def test_inline_sweep_runs_side_by_side_without_ray(tmp_path: Path) -> None:
+    """``engine.kind = "inline"`` points run two at a time in worker processes, and each
+    run equals the same run made alone."""
+    inline = {**TINY, "strategy": {"name": "fedavg"}, "engine": {"kind": "inline"}}
+    path = write_scenario(tmp_path, inline)
+    out = tmp_path / "sweep"
+    args = ["sweep", str(path), "--seeds", "1,2", "--parallel", "2", "--out", str(out)]
+    done = CliRunner().invoke(app, [*args, "--set", "rounds=2"])
+    assert done.exit_code == 0, done.output
+    assert "sweep: 2 runs (2 ran, 0 already complete, 0 failed)" in done.output
+    alone = load_scenario(path)
+    alone_dir, _ = run_scenario(
+        scenario_from_dict(
+            {**alone.raw, "rounds": 2, "seed": 2}, source=str(path), base_dir=tmp_path
+        ),
+        tmp_path / "alone",
+    )
+    swept = np.load(out / "seed=2" / "final_model.npz")
+    reference = np.load(alone_dir / "final_model.npz")
+    assert all(swept[k].tobytes() == reference[k].tobytes() for k in reference.files)

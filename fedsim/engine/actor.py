@@ -47,6 +47,12 @@ def serve(app: ClientApp, content: RecordDict, metadata: Metadata, context: Cont
         return error_reply(message, reason, ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
 
 
+def serve_item(app: ClientApp, item: BatchItem, contents: tuple[bytes, ...]) -> Message:
+    """Serve one message of a batch with its own copy of the content."""
+    index, metadata, context = item
+    return serve(app, pickle.loads(contents[index]), metadata, context)
+
+
 @ray.remote
 class ClientActor:
     """Runs a ClientApp on messages and returns the replies with the updated contexts."""
@@ -71,8 +77,5 @@ class ClientActor:
     ) -> tuple[list[tuple[Message, Context]], float]:
         """Serve ``items`` in order; returns (reply, context) pairs and the seconds spent."""
         started = time.perf_counter()
-        results = []
-        for index, metadata, context in items:
-            content = pickle.loads(contents[index])
-            results.append((serve(self.app, content, metadata, context), context))
+        results = [(serve_item(self.app, item, contents), item[2]) for item in items]
         return results, time.perf_counter() - started

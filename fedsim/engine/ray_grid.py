@@ -1,18 +1,16 @@
-"""fedsim's engine: Flower's ``Grid`` over a pool of long-lived Ray actors.
+"""fedsim's default engine: Flower's ``Grid`` over a pool of long-lived Ray actors.
 
-The strategy pushes messages; the grid hands them to idle actors in batches,
-each message with its node's ``Context`` (partition id, persistent state),
-collects the replies and the updated contexts, and returns the replies in the
-order the messages were sent, so aggregation order, and therefore the model,
-does not depend on which actor finished first. Nothing polls: the driver
+The strategy pushes messages; the grid (:class:`~fedsim.engine.node_grid.NodeGrid`)
+hands them to idle actors in batches, each message with its node's ``Context``,
+and collects the replies and the updated contexts. Nothing polls: the driver
 blocks in ``ray.wait``.
 
 What a round costs besides training is paid per round, not per message: a
 message's content is pickled and put in Ray's object store once however many
 nodes it goes to, and a round's messages travel in about ``CALLS_PER_ACTOR``
 calls per actor (a Ray call costs milliseconds of scheduling and object-store
-traffic, as much as a small client's training). ``stats`` adds up where the
-driver's time went (see benchmarks/).
+traffic, as much as a small client's training; measured on 2 cores, splitting a
+lone actor's round into several queued calls cost more CPU than it hid).
 
 Failure policy: a ClientApp that raises yields a Flower error reply; an actor
 that dies yields an error reply for the message it held and is replaced (when
@@ -26,31 +24,25 @@ replaced so that the next round starts clean.
 from __future__ import annotations
 
 import math
-import pickle
 import time
-import uuid
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import ray
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
-from fedsim import keys
 from fedsim.engine.actor import BatchItem, ClientActor, error_reply
-from fedsim.engine.identity import node_id_of, set_identity
+from fedsim.engine.identity import set_identity
+from fedsim.engine.node_grid import NodeGrid, pickled
 from fedsim.errors import RunError
 
 # With several actors, a round's messages go out in about this many calls per actor (later
 # calls go to whichever actor is free first, which evens out clients of unequal cost).
 CALLS_PER_ACTOR = 2
 MAX_BATCH = 32
-STAT_KEYS = ("dispatch_s", "wait_s", "collect_s", "actor_busy_s", "calls", "messages")
 
 
 def batch_size(num_messages: int, num_actors: int) -> int:
@@ -73,7 +65,7 @@ class _Call:
     future: ray.ObjectRef
 
 
-class RayGrid(Grid):
+class RayGrid(NodeGrid):
     """A Flower Grid whose nodes are served by ``num_actors`` Ray actors.
 
     >>> # grid = RayGrid(app, num_clients=10, num_actors=2)
@@ -92,16 +84,10 @@ class RayGrid(Grid):
         run_config: dict[str, Any] | None = None,
         start_timeout: float | None = None,
     ) -> None:
-        self._run = Run.create_empty(run_id)
-        self.num_clients = num_clients
+        super().__init__(num_clients=num_clients, run_id=run_id, run_config=run_config)
         self._app_ref = ray.put(app)
         self._actor_options = {"num_cpus": num_cpus_per_actor, "num_gpus": num_gpus_per_actor}
         self._cpu_threads = None if num_gpus_per_actor > 0 else max(1, int(num_cpus_per_actor))
-        self._run_config = dict(run_config or {})
-        self.contexts: dict[int, Context] = {}
-        self._replies: dict[str, Message] = {}
-        self._pending: dict[str, Message] = {}
-        self.stats: dict[str, float] = dict.fromkeys(STAT_KEYS, 0.0)
         self._start_timeout = start_timeout
         self._starting: list[ray.ObjectRef] = []  # ready() of replacement actors
         self.actors = [self._new_actor() for _ in range(num_actors)]
@@ -119,71 +105,6 @@ class RayGrid(Grid):
         return ClientActor.options(**self._actor_options).remote(  # type: ignore[attr-defined]
             self._app_ref, self._cpu_threads
         )
-
-    # --- Grid interface -------------------------------------------------------
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return [node_id_of(client) for client in range(self.num_clients)]
-
-    def client_of(self, node_id: int) -> int:
-        return node_id - node_id_of(0)
-
-    def context(self, node_id: int) -> Context:
-        """The node's Context, created on first use (idle nodes cost nothing)."""
-        if node_id not in self.contexts:
-            client = self.client_of(node_id)
-            if not 0 <= client < self.num_clients:
-                raise ValueError(f"unknown node id {node_id}")
-            self.contexts[node_id] = Context(
-                run_id=self._run.run_id,
-                node_id=node_id,
-                node_config={keys.PARTITION_ID: client, keys.NUM_PARTITIONS: self.num_clients},
-                state=RecordDict(),
-                run_config=dict(self._run_config),
-            )
-        return self.contexts[node_id]
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for message in messages:
-            message_id = uuid.uuid4().hex
-            message.metadata.__dict__["_message_id"] = message_id
-            self._pending[message_id] = message
-            ids.append(message_id)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Runs whatever is pending, then returns the replies to ``message_ids``."""
-        if self._pending:
-            self._dispatch(list(self._pending.values()), timeout=None)
-            self._pending.clear()
-        return [self._replies.pop(i) for i in message_ids if i in self._replies]
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        message_list = list(messages)
-        ids = list(self.push_messages(message_list))
-        self._pending.clear()
-        self._dispatch(message_list, timeout=timeout)
-        return [self._replies.pop(i) for i in ids if i in self._replies]
 
     # --- scheduling -----------------------------------------------------------
 
@@ -237,7 +158,7 @@ class RayGrid(Grid):
         for message in messages:
             key = id(message.content)
             if key not in contents:
-                contents[key] = ray.put(pickle.dumps(message.content, pickle.HIGHEST_PROTOCOL))
+                contents[key] = ray.put(pickled(message.content))
             if key not in slot:
                 slot[key] = len(refs)
                 refs.append(contents[key])
