@@ -1,10 +1,11 @@
 """The benchmark command: ``python -m benchmarks.run [--quick] [--reps N] [--out DIR]``.
 
-For each workload (:mod:`benchmarks.workloads`) it runs the plain PyTorch loop, fedsim's
-Ray engine and Flower's ``run_simulation`` (fedsim's ``engine.kind = "flower"``), each in
-a fresh process (:mod:`benchmarks.worker`), alternating the ways within every repetition
-and rotating which goes first, so slow phases of a shared machine hit all of them. It
-prints and writes (``results.csv``, ``profile.csv``, ``raw.json`` in ``--out``):
+For each workload (:mod:`benchmarks.workloads`) it runs the plain PyTorch loop, fedsim's Ray
+engine (``fedsim``), with one worker also fedsim's ``inline`` engine, and Flower's
+``run_simulation`` (fedsim's ``engine.kind = "flower"``), each in a fresh process
+(:mod:`benchmarks.worker`), alternating the ways within every repetition and rotating which
+goes first, so slow phases of a shared machine hit all of them. It prints and writes
+(``results.csv``, ``profile.csv``, ``raw.json`` in ``--out``):
 
 - per way: the median per-round wall time over the measured rounds (warm-up rounds
   excluded), the median over repetitions, their spread, the ratio to the plain loop
@@ -138,8 +139,8 @@ def run_one(
         "device": device,
         "warmup": workload.warmup,
     }
-    if way == "flower":
-        spec["scenario"]["engine"]["kind"] = "flower"
+    if way in ("flower", "inline"):
+        spec["scenario"]["engine"]["kind"] = way
     spec_path, result_path = work / f"{name}.spec.json", work / f"{name}.result.json"
     spec_path.write_text(json.dumps(spec))
     env = {

@@ -87,10 +87,11 @@ def _grid_recorder() -> list[Any]:
 def _engine(
     way: str, prepared: Prepared, writer: RunWriter, spec: dict[str, Any], clock: RoundEnds
 ) -> dict[str, Any]:
-    """Run fedsim's or Flower's engine; returns final arrays and per-round grid stats."""
+    """Run fedsim's (Ray or inline) or Flower's engine; returns final arrays and per-round
+    grid stats."""
     import ray
 
-    from fedsim.runner import run_on_flower, run_on_ray
+    from fedsim.runner import run_inline, run_on_flower, run_on_ray
 
     grids = _grid_recorder()
     stats: dict[int, dict[str, float]] = {}
@@ -102,6 +103,10 @@ def _engine(
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     started = time.perf_counter()
+    if way == "inline":  # no Ray: the driver serves the clients
+        arrays = run_inline(prepared, writer, RunControl(on_round_end=on_round_end))
+        final = {name: arrays[name].numpy() for name in arrays}
+        return {"final": final, "started": started, "stats": {}}
     ray.init(
         num_cpus=spec["cpus"],
         num_gpus=1 if spec["device"] == "cuda" else 0,

@@ -26,6 +26,8 @@ import numpy as np
 from fedsim.seeding import rng
 
 WAYS = ("plain", "fedsim", "flower")
+# With one worker, fedsim's inline engine (the driver serves the clients, no Ray) as well.
+ONE_WORKER_WAYS = ("plain", "fedsim", "inline", "flower")
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ def small(rounds: int, warmup: int, actors: int) -> Workload:
         scenario,
         warmup,
         actors,
+        ways=ONE_WORKER_WAYS if actors == 1 else WAYS,
         note="MLP 200-200 on MNIST-1D, 100 clients, 10/round, 5 steps of 32",
         group="small",
     )

@@ -15,42 +15,13 @@ Flower.
 
 from __future__ import annotations
 
-import pickle
 import time
-import traceback
 
 import ray
-from flwr.app import Context, Error, Message, RecordDict
-from flwr.app.metadata import Metadata
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
 
-from fedsim.engine.identity import set_identity
-
-# (index into the call's contents, metadata, context) for each message of a batch.
-BatchItem = tuple[int, Metadata, Context]
-
-
-def error_reply(message: Message, reason: str, code: int) -> Message:
-    """A Flower error reply to ``message`` (what a failed ClientApp yields)."""
-    return Message(Error(code=code, reason=reason), reply_to=message)
-
-
-def serve(app: ClientApp, content: RecordDict, metadata: Metadata, context: Context) -> Message:
-    """Run ``app`` on one message; an exception becomes an error reply."""
-    set_identity(metadata.run_id, metadata.dst_node_id)
-    message = Message(content=content, metadata=metadata)  # type: ignore[call-overload]
-    try:
-        return app(message, context)
-    except Exception as error:  # a client's failure is data, not a crash
-        reason = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=5)}"
-        return error_reply(message, reason, ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
-
-
-def serve_item(app: ClientApp, item: BatchItem, contents: tuple[bytes, ...]) -> Message:
-    """Serve one message of a batch with its own copy of the content."""
-    index, metadata, context = item
-    return serve(app, pickle.loads(contents[index]), metadata, context)
+from fedsim.engine.serving import BatchItem, serve_item
 
 
 @ray.remote
@@ -66,11 +37,6 @@ class ClientActor:
 
     def ready(self) -> bool:
         return True
-
-    def run(
-        self, content: RecordDict, metadata: Metadata, context: Context
-    ) -> tuple[Message, Context]:
-        return serve(self.app, content, metadata, context), context
 
     def run_batch(
         self, items: list[BatchItem], *contents: bytes

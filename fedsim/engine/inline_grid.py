@@ -3,7 +3,7 @@
 With one worker on one machine, Ray buys nothing but costs a few milliseconds of
 scheduling and object-store traffic per call, and a few seconds to start:
 ``engine.kind = "inline"`` serves the same ClientApp through the same code
-(:func:`fedsim.engine.actor.serve_item`: a fresh copy of the content per
+(:func:`fedsim.engine.serving.serve_item`: a fresh copy of the content per
 message, the node's Context from the grid) in the driver itself, so its results
 are those of the Ray engine, bit for bit. It is also the engine to debug a
 ClientApp with: breakpoints and profilers see the client code.
@@ -26,9 +26,9 @@ from typing import Any
 from flwr.app import Message
 from flwr.clientapp import ClientApp
 
-from fedsim.engine.actor import serve_item
 from fedsim.engine.identity import set_identity
 from fedsim.engine.node_grid import NodeGrid, pickled
+from fedsim.engine.serving import serve_item
 
 
 class InlineGrid(NodeGrid):

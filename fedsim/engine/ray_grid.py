@@ -34,9 +34,10 @@ from flwr.app import Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fedsim.engine.actor import BatchItem, ClientActor, error_reply
+from fedsim.engine.actor import ClientActor
 from fedsim.engine.identity import set_identity
 from fedsim.engine.node_grid import NodeGrid, pickled
+from fedsim.engine.serving import BatchItem, error_reply
 from fedsim.errors import RunError
 
 # With several actors, a round's messages go out in about this many calls per actor (later
