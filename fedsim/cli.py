@@ -85,7 +85,10 @@ def run(
     out: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/NAME-TIME).")
     ] = None,
-    engine: Annotated[str | None, typer.Option(help="ray (fedsim's engine) or flower.")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="ray (fedsim's engine), inline (one worker, no Ray) or flower."),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's per-round INFO logs.")] = False,
 ) -> None:
     """Run a scenario and print where its results are."""

@@ -24,6 +24,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from benchmarks import kill_resume
 from benchmarks.plain_loop import run_plain
 from benchmarks.run import GROUPS, plan
 from benchmarks.workloads import small
@@ -243,3 +244,18 @@ def test_batched_dispatch_keeps_the_engines_semantics(ray_session: None) -> None
         assert grid.stats["calls"] == 1 + 1 + 5 and grid.stats["messages"] == 4 + 5 + 5
     finally:
         grid.shutdown()
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_resumes_to_the_reference_results(tmp_path: Path) -> None:
+    """One trial of ``python -m benchmarks.kill_resume``: SIGKILL a ``fedsim run`` after a
+    checkpoint, ``fedsim resume`` it, and get exactly the uninterrupted run's results."""
+    assert kill_resume.main(["--trials", "1", "--out", str(tmp_path)]) == 0
+    with (tmp_path / "trials.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["identical"] == "True", row["first_difference"]
+    assert (row["kind"], row["run_exit"], row["resume_exit"]) == ("digits", "-9", "0")
+    assert 1 <= int(row["kill_round"]) <= int(row["checkpoint_round"]) < int(row["rounds"])
+    assert not (tmp_path / "trials" / "000-digits" / "checkpoint.pkl").exists()
