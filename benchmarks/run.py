@@ -104,7 +104,7 @@ def plan(
         elif device == "cuda":
             clients, per_round, rounds, warmup, actor_counts = 1000, 50, 6, 1, (1, 4)
         else:
-            clients, per_round, rounds, warmup, actor_counts = 200, 10, 6, 1, (1, 2)
+            clients, per_round, rounds, warmup, actor_counts = 200, 10, 10, 2, (1, 2)
         path = data / f"cifar-{clients}.npz"
         if write and not path.exists():
             write_cifar_like(path, clients * 50, 100)

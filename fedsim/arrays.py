@@ -9,6 +9,7 @@ go back.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,11 +92,11 @@ class Layout:
             dtypes=tuple(a.dtype for a in arrays),
         )
 
-    @property
+    @functools.cached_property
     def sizes(self) -> tuple[int, ...]:
         return tuple(int(np.prod(shape)) for shape in self.shapes)
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         return sum(self.sizes)
 

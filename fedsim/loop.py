@@ -20,7 +20,6 @@ clients.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedsim import keys
+from fedsim.arrays import array_to_numpy
 from fedsim.engine.reachable import ReachableGrid, RoundLog
 from fedsim.errors import RunError
 from fedsim.results import RunWriter
@@ -53,7 +53,7 @@ class LoopSettings:
 
 
 def _finite(arrays: ArrayRecord) -> bool:
-    return all(bool(math.isfinite(float(abs(arrays[name].numpy()).sum()))) for name in arrays)
+    return all(bool(np.isfinite(array_to_numpy(arrays[name])).all()) for name in arrays)
 
 
 def _reply_finite(reply: Message) -> bool:

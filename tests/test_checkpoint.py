@@ -332,10 +332,12 @@ def test_sigkill_at_a_random_round_then_resume_is_identical(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ray", "inline"])
 def test_sigint_stops_after_the_round_with_exit_130_and_resumes(
-    tmp_path: Path, ray_session: None
+    tmp_path: Path, ray_session: None, kind: str
 ) -> None:
     scenario = toy_scenario({"name": "mifa"}, rounds=12, checkpoint={"every": 2})
+    scenario["engine"]["kind"] = kind
     scenario["client"]["config"] = SLOW_CLIENTS
     path = write_scenario(tmp_path, scenario, "interrupted")
     reference, _ = run_scenario(load_scenario(path), tmp_path / "reference")

@@ -46,15 +46,21 @@ CALLS_PER_ACTOR = 2
 MAX_BATCH = 32
 
 
-def batch_size(num_messages: int, num_actors: int) -> int:
-    """Messages per call: about ``CALLS_PER_ACTOR`` calls per actor (a lone actor has
-    nothing to balance: one call), at most ``MAX_BATCH`` messages.
+def batch_sizes(num_messages: int, num_actors: int) -> list[int]:
+    """Messages per call, in the order calls go out: about ``CALLS_PER_ACTOR`` calls per
+    actor (a lone actor has nothing to balance: one call), at most ``MAX_BATCH`` messages
+    each, sizes differing by at most one with the larger calls first, so that actors
+    taking the next call as they finish end together.
 
-    >>> batch_size(10, 1), batch_size(50, 2), batch_size(3, 4), batch_size(1000, 2)
-    (10, 13, 1, 32)
+    >>> batch_sizes(10, 1), batch_sizes(10, 2), batch_sizes(3, 4), batch_sizes(70, 1)
+    ([10], [3, 3, 2, 2], [1, 1, 1], [24, 23, 23])
     """
-    calls = 1 if num_actors <= 1 else CALLS_PER_ACTOR * num_actors
-    return max(1, min(MAX_BATCH, math.ceil(num_messages / calls)))
+    wanted = 1 if num_actors <= 1 else CALLS_PER_ACTOR * num_actors
+    calls = min(num_messages, max(wanted, math.ceil(num_messages / MAX_BATCH)))
+    if calls == 0:
+        return []
+    size, larger = divmod(num_messages, calls)
+    return [size + 1] * larger + [size] * (calls - larger)
 
 
 @dataclass
@@ -112,7 +118,7 @@ class RayGrid(NodeGrid):
     def _dispatch(self, messages: list[Message], *, timeout: float | None) -> None:
         self._await_replacements()
         deadline = None if timeout is None else time.monotonic() + timeout
-        size = batch_size(len(messages), len(self.actors))
+        sizes = deque(batch_sizes(len(messages), len(self.actors)))
         contents: dict[int, ray.ObjectRef] = {}
         pending: deque[tuple[Message, bool]] = deque((m, False) for m in messages)
         idle = list(range(len(self.actors)))
@@ -120,7 +126,7 @@ class RayGrid(NodeGrid):
         while pending or running:
             started = time.perf_counter()
             while pending and idle:
-                call = self._submit(idle.pop(), self._take(pending, size), contents)
+                call = self._submit(idle.pop(), self._take(pending, sizes), contents)
                 running[call.future] = call
             waited = time.perf_counter()
             self.stats["dispatch_s"] += waited - started
@@ -141,11 +147,15 @@ class RayGrid(NodeGrid):
             self.stats["collect_s"] += time.perf_counter() - collected
 
     @staticmethod
-    def _take(pending: deque[tuple[Message, bool]], size: int) -> list[Message]:
-        """The next batch: up to ``size`` messages, or one message marked to run alone."""
+    def _take(pending: deque[tuple[Message, bool]], sizes: deque[int]) -> list[Message]:
+        """The next batch: the next size's worth of messages, or one message marked to
+        run alone (those come back after an actor died and do not use up a size)."""
         message, alone = pending.popleft()
+        if alone:
+            return [message]
+        size = sizes.popleft() if sizes else 1
         batch = [message]
-        while not alone and pending and len(batch) < size and not pending[0][1]:
+        while pending and len(batch) < size and not pending[0][1]:
             batch.append(pending.popleft()[0])
         return batch
 
