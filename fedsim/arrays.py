@@ -73,10 +73,11 @@ def array_to_numpy(array: Array) -> np.ndarray:
 class Layout:
     """Names, shapes and dtypes of the arrays in a record, in record order.
 
-    >>> record = ArrayRecord({"w": Array(np.ones((2, 2), np.float32)), "b": Array(np.zeros(3))})
+    >>> record = ArrayRecord({"w": Array(np.ones((2, 2), np.float32)), "n": Array(np.array(3))})
     >>> layout = Layout.of(record)
-    >>> layout.size, layout.to_record(layout.flatten(record)).keys() == record.keys()
-    (7, True)
+    >>> back = layout.to_record(layout.flatten(record))
+    >>> layout.size, back.keys() == record.keys(), back["n"].numpy().shape, back["n"].dtype
+    (5, True, (), 'int64')
     """
 
     names: tuple[str, ...]
@@ -139,5 +140,5 @@ class Layout:
             offset += size
             if np.issubdtype(dtype, np.integer):
                 chunk = np.rint(chunk)
-            record[name] = numpy_to_array(np.ascontiguousarray(chunk, dtype=dtype))
+            record[name] = numpy_to_array(np.asarray(chunk, dtype=dtype))  # 0-d stays 0-d
         return record

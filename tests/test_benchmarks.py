@@ -28,14 +28,8 @@ from benchmarks import kill_resume
 from benchmarks.plain_loop import run_plain
 from benchmarks.run import GROUPS, plan
 from benchmarks.workloads import small
-from fedsim.client_app import (
-    array_to_numpy,
-    load_arrays,
-    numpy_to_array,
-    staged_load,
-    staged_numpy,
-    state_to_record,
-)
+from fedsim.arrays import array_to_numpy, numpy_to_array
+from fedsim.client_app import load_arrays, staged_load, staged_numpy, state_to_record
 from fedsim.config import scenario_from_dict
 from fedsim.engine.identity import node_id_of, set_identity
 from fedsim.runner import Prepared, prepare
@@ -63,12 +57,13 @@ def test_quick_benchmark_writes_the_table_and_csvs(tmp_path: Path) -> None:
     assert [(r["workload"], r["way"]) for r in rows] == [
         ("small-1a", "plain"),
         ("small-1a", "fedsim"),
+        ("small-1a", "inline"),
         ("small-1a", "flower"),
     ]
     assert float(rows[0]["ratio_to_plain"]) == 1.0
     assert all(float(r["round_ms"]) > 0 and float(r["peak_tree_mb"]) > 0 for r in rows)
     assert all(float(r["startup_s"]) > 0 for r in rows[1:])
-    # Three engines, one training: the final models agree with the plain loop's.
+    # Four ways, one training: the final models agree with the plain loop's.
     assert all(float(r["max_abs_diff_vs_plain"]) < 1e-5 for r in rows)
     with (tmp_path / "profile.csv").open() as handle:
         phases = [r["phase"] for r in csv.DictReader(handle)]

@@ -68,7 +68,12 @@ def with_change(tmp_path: Path, table: str, key: str, value: object) -> Path:
         ("client", "lr", -1, "client.lr: expected a number > 0.0, got -1"),
         ("client", "batch_size", 0, "client.batch_size: expected an integer >= 1, got 0"),
         ("client", "momentum", 1.5, "client.momentum: expected a number in [0.0, 1.0), got 1.5"),
-        ("engine", "kind", "spark", "engine.kind: expected one of ray, flower, got 'spark'"),
+        (
+            "engine",
+            "kind",
+            "spark",
+            "engine.kind: expected one of ray, inline, flower, got 'spark'",
+        ),
         ("evaluate", "every", True, "evaluate.every: expected an integer, got True"),
         (
             "data",
