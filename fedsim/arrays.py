@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
         buffer = io.BytesIO()
         np.save(buffer, np.empty(shape, dtype), allow_pickle=False)
         data = buffer.getvalue()
-        _NPY_HEADERS[key] = data[: len(data) - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize]
+        _NPY_HEADERS[key] = data[: len(data) - math.prod(shape) * dtype.itemsize]
     return _NPY_HEADERS[key]
 
 
@@ -63,7 +64,7 @@ def array_to_numpy(array: Array) -> np.ndarray:
         except TypeError:
             return array.numpy()
         shape = tuple(int(d) for d in array.shape)
-        offset = len(array.data) - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        offset = len(array.data) - math.prod(shape) * dtype.itemsize
         if not dtype.hasobject and offset > 0 and array.data[:offset] == _npy_header(dtype, shape):
             return np.frombuffer(array.data, dtype=dtype, offset=offset).reshape(shape)
     return array.numpy()
@@ -95,7 +96,7 @@ class Layout:
 
     @functools.cached_property
     def sizes(self) -> tuple[int, ...]:
-        return tuple(int(np.prod(shape)) for shape in self.shapes)
+        return tuple(math.prod(shape) for shape in self.shapes)
 
     @functools.cached_property
     def size(self) -> int:

@@ -416,6 +416,15 @@ class _Manifest:
         run.update(fields)
         self.write()
 
+    def settle(self, plan: SweepPlan) -> None:
+        """After a stop: a run left "running" or "interrupted" is "complete" if its
+        results are all on disk, else "interrupted"."""
+        for point in plan.points:
+            run = self.runs[point.name]
+            if run["status"] in ("running", "interrupted"):
+                run["status"] = "complete" if is_complete(plan.run_dir(point)) else "interrupted"
+        self.write()
+
     def write(self) -> None:
         self.content["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         text = json.dumps(self.content, indent=1, default=str)
@@ -433,8 +442,10 @@ def run_sweep(
 
     Runs share the Ray runtime of this process (started here, and stopped at the
     end, when none is running); with ``parallel > 1`` that many worker processes
-    attach to it and run points side by side. Points on Flower's own engine run
-    one at a time in a fresh process (Flower stops Ray when it ends). A scenario
+    attach to it and run points side by side. Points on the inline engine need no
+    Ray: they run here, or with ``parallel > 1`` in that many worker processes.
+    Points on Flower's own engine run one at a time in a fresh process (Flower
+    stops Ray when it ends). A scenario
     mistake stops the sweep; any other failure is recorded in ``sweep.json`` and
     the sweep goes on.
 
@@ -462,32 +473,45 @@ def run_sweep(
             emit("skip", index)
         else:
             pending.append(index)
-    kinds = {
-        kind: [i for i in pending if plan.points[i].scenario.engine.kind == kind]
-        for kind in ENGINE_KINDS
-    }
-    on_ray, inline, on_flower = kinds["ray"], kinds["inline"], kinds["flower"]
     context = _Context(plan, manifest, outcome, emit)
+    try:
+        _run_pending(context, pending, parallel, run)
+    except BaseException:  # Ctrl-C may land between a run's last write and its status
+        manifest.settle(plan)
+        raise
+    return outcome
+
+
+def _run_pending(
+    context: _Context, pending: list[int], parallel: int, run: RunFunction | None
+) -> None:
+    """Run the runs not complete yet: inline ones without Ray, Ray ones in one Ray
+    runtime, Flower's in processes of their own (its engine shuts Ray down)."""
     if run is not None:
         for index in pending:
             context.run_here(index, run)
-        return outcome
-    if inline:  # no Ray at all: in this process, or in worker processes side by side
+        return
+    points = context.plan.points
+    kinds = {
+        kind: [i for i in pending if points[i].scenario.engine.kind == kind]
+        for kind in ENGINE_KINDS
+    }
+    inline, on_ray = kinds["inline"], kinds["ray"]
+    if inline:
         if parallel > 1 and len(inline) > 1:
             _run_parallel(context, inline, min(parallel, len(inline)), None)
         else:
             for index in inline:
                 context.run_here(index)
     if on_ray:
-        with _ray_runtime(plan.points[on_ray[0]].scenario) as address:
+        with _ray_runtime(points[on_ray[0]].scenario) as address:
             if parallel > 1 and len(on_ray) > 1:
                 _run_parallel(context, on_ray, min(parallel, len(on_ray)), address)
             else:
                 for index in on_ray:
                     context.run_here(index)
-    for index in on_flower:
+    for index in kinds["flower"]:
         _run_parallel(context, [index], 1, None)
-    return outcome
 
 
 class WorkerFailure(Exception):

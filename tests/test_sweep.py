@@ -203,6 +203,24 @@ def test_interrupted_sweep_continues_where_it_stopped(tmp_path: Path) -> None:
     assert again.ran == [] and len(again.skipped) == 12
 
 
+def test_ctrl_c_after_a_runs_last_write_leaves_it_complete(tmp_path: Path) -> None:
+    """Ctrl-C between a run writing its summary and the sweep recording it: the manifest
+    says what is on disk (the CLI test once saw 3 summaries and 2 "complete")."""
+    plan = plan_sweep(write_scenario(tmp_path, BASE), grid=GRID, seeds="1", out=tmp_path / "o")
+
+    def finished_then_interrupted(scenario: Scenario, run_dir: Path, **kw: Any) -> Any:
+        fake_run_scenario(scenario, run_dir, **kw)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(plan, run=finished_then_interrupted)
+    first = plan.points[0].name
+    assert (plan.directory / first / "summary.json").exists()
+    assert statuses(plan.directory) == {p.name: "pending" for p in plan.points} | {
+        first: "complete"
+    }
+
+
 def test_a_changed_scenario_does_not_mix_with_complete_runs(tmp_path: Path) -> None:
     path = write_scenario(tmp_path, BASE)
     run_sweep(plan_sweep(path, grid=GRID[:1], out=tmp_path / "o"), run=fake_run_scenario)
