@@ -89,8 +89,6 @@ def _engine(
 ) -> dict[str, Any]:
     """Run fedsim's (Ray or inline) or Flower's engine; returns final arrays and per-round
     grid stats."""
-    import ray
-
     from fedsim.runner import run_inline, run_on_flower, run_on_ray
 
     grids = _grid_recorder()
@@ -107,6 +105,8 @@ def _engine(
         arrays = run_inline(prepared, writer, RunControl(on_round_end=on_round_end))
         final = {name: arrays[name].numpy() for name in arrays}
         return {"final": final, "started": started, "stats": {}}
+    import ray
+
     ray.init(
         num_cpus=spec["cpus"],
         num_gpus=1 if spec["device"] == "cuda" else 0,

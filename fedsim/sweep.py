@@ -445,9 +445,9 @@ def run_sweep(
     attach to it and run points side by side. Points on the inline engine need no
     Ray: they run here, or with ``parallel > 1`` in that many worker processes.
     Points on Flower's own engine run one at a time in a fresh process (Flower
-    stops Ray when it ends). A scenario
-    mistake stops the sweep; any other failure is recorded in ``sweep.json`` and
-    the sweep goes on.
+    stops Ray when it ends). A scenario mistake stops the sweep; any other
+    failure is recorded in ``sweep.json`` and the sweep goes on; after a stop,
+    ``sweep.json`` says which runs are complete on disk.
 
     ``run`` replaces :func:`fedsim.runner.run_scenario` (same signature) for every
     point, in this process and without starting Ray: a dry run, or a custom runner.
@@ -496,22 +496,23 @@ def _run_pending(
         kind: [i for i in pending if points[i].scenario.engine.kind == kind]
         for kind in ENGINE_KINDS
     }
-    inline, on_ray = kinds["inline"], kinds["ray"]
-    if inline:
-        if parallel > 1 and len(inline) > 1:
-            _run_parallel(context, inline, min(parallel, len(inline)), None)
-        else:
-            for index in inline:
-                context.run_here(index)
-    if on_ray:
-        with _ray_runtime(points[on_ray[0]].scenario) as address:
-            if parallel > 1 and len(on_ray) > 1:
-                _run_parallel(context, on_ray, min(parallel, len(on_ray)), address)
-            else:
-                for index in on_ray:
-                    context.run_here(index)
+    _run_side_by_side(context, kinds["inline"], parallel, None)
+    if kinds["ray"]:
+        with _ray_runtime(points[kinds["ray"][0]].scenario) as address:
+            _run_side_by_side(context, kinds["ray"], parallel, address)
     for index in kinds["flower"]:
         _run_parallel(context, [index], 1, None)
+
+
+def _run_side_by_side(
+    context: _Context, indices: list[int], parallel: int, ray_address: str | None
+) -> None:
+    """``parallel`` worker processes (joining ``ray_address`` if any) at a time, or here."""
+    if parallel > 1 and len(indices) > 1:
+        _run_parallel(context, indices, min(parallel, len(indices)), ray_address)
+    else:
+        for index in indices:
+            context.run_here(index)
 
 
 class WorkerFailure(Exception):
@@ -569,9 +570,6 @@ class _Context:
         except Exception as error:
             self.fail(index, _failure(error))
             return
-        except BaseException:
-            self.manifest.update(point.name, status="interrupted")
-            raise
         self.finish(index, summary)
 
 
@@ -606,7 +604,6 @@ def _ray_runtime(scenario: Scenario) -> Iterator[str]:
 def _run_parallel(
     context: _Context, indices: list[int], workers: int, ray_address: str | None
 ) -> None:
-    plan = context.plan
     executor = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=get_context("spawn"),
@@ -628,10 +625,7 @@ def _run_parallel(
                 context.fail(index, _failure(error))
             else:
                 context.finish(index, summary)
-    except BaseException:
-        for future, index in futures.items():
-            if not future.done():
-                context.manifest.update(plan.points[index].name, status="interrupted")
+    except BaseException:  # run_sweep settles the statuses
         executor.shutdown(wait=False, cancel_futures=True)
         raise
     executor.shutdown()
