@@ -3,7 +3,7 @@
 It does exactly what fedsim's ClientApp and FedAvg do, through the same functions: the
 same model (``prepared.model_factory``), the same memory-mapped client store, the same
 reachable clients (``prepared.pattern``), the same minibatch stream
-(:func:`fedsim.client_app.round_batches`), the same SGD (:func:`fedsim.client_app.local_sgd`)
+(:func:`fedsim.training.round_batches`), the same SGD (:func:`fedsim.training.local_sgd`)
 and the same aggregation (:func:`fedsim.strategies.fedavg.fedavg_weights`,
 :func:`~fedsim.strategies.fedavg.weighted_server_update`). What it leaves out is what a
 simulator adds: messages, serialisation, actors, result files. Its final model therefore
@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedsim.client_app import local_sgd, resolve_device, round_batches
+from fedsim.device import resolve_device
 from fedsim.runner import Prepared
 from fedsim.strategies.fedavg import fedavg_weights, weighted_server_update
+from fedsim.training import local_sgd, round_batches
 
 
 @dataclass

@@ -6,13 +6,21 @@ Flower's ``run_simulation`` and in a real deployment. Everything a process
 needs to serve clients (the memory-mapped client data store, the model on its
 device) is built once per process and cached, not per message.
 
-Local training follows the FedAU reference: plain SGD (optionally with
-momentum and weight decay) over a per-client data stream that persists across
-rounds. The stream's position lives in ``context.state`` (epoch, position), and
-each epoch's order is drawn from ``seeding.rng(seed, "data-stream", client,
-epoch)``, so it does not depend on which actor serves the client.
+Local training is :mod:`fedsim.training`'s: plain SGD over a per-client data
+stream that persists across rounds. The stream's position lives in
+``context.state`` (epoch, position), and each epoch's order is drawn from
+``seeding.rng(seed, "data-stream", client, epoch)``, so it does not depend on
+which actor serves the client.
 
-:func:`hooked` wraps any ClientApp (fedsim's or a user's) with the two things
+Cohorts: an engine worker that holds several train (or evaluate) messages for
+this app asks :meth:`FedsimClientApp.cohort_limit` how many it may hand over at
+once and :meth:`FedsimClientApp.serve_cohort` trains them as one stacked model
+(:func:`fedsim.training.cohort_sgd`); every message still gets its own reply,
+and each node's Context its own stream position, exactly as one at a time. A
+model that cannot be vectorised is reported once (the limit is 1, with the
+reason) and served one message at a time.
+
+:class:`HookedClientApp` wraps any ClientApp (fedsim's or a user's) with the two things
 the simulator itself needs from a node: answering "which partition are you?"
 (Flower's engine assigns random node ids) and receiving the scenario's
 ``[client.config]`` as ``context.run_config``.
@@ -20,24 +28,48 @@ the simulator itself needs from a node: answering "which partition are you?"
 
 from __future__ import annotations
 
-import functools
-import itertools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from fedsim import keys
 from fedsim.arrays import array_to_numpy, numpy_to_array
 from fedsim.client_data import ClientDataStore
+from fedsim.device import (
+    device_to_host,
+    host_to_device,
+    load_arrays,
+    resolve_device,
+    state_to_record,
+)
 from fedsim.models import build_model
-from fedsim.seeding import rng
+from fedsim.training import (
+    CohortSteps,
+    Stacked,
+    cohort_bytes_per_client,
+    cohort_capacity,
+    cohort_evaluate,
+    cohort_sgd,
+    evaluate_arrays,
+    evaluation_batches,
+    local_sgd,
+    round_batches,
+    vectorisation_problem,
+)
 
 WHOAMI = "query.fedsim_whoami"
 
@@ -67,13 +99,6 @@ class ClientSpec:
         return cls(model_spec=json.dumps(model, sort_keys=True), **fields)
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class _Workspace:
     """Per-process cache: the data store and one model instance on the device."""
 
@@ -88,6 +113,105 @@ class _Workspace:
             source=spec.source,
             base_dir=Path(spec.base_dir),
         ).to(self.device)
+        self.spec = spec
+        self._problem: list[str | None] = []  # computed on first use
+        self._bytes_per_client: dict[str, int] = {}
+        self._resident: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray] | None] = {}
+
+    def _example(self, batch_size: int) -> torch.Tensor:
+        return torch.zeros((batch_size, *self.spec.input_shape), device=self.device)
+
+    def cohort_problem(self) -> str | None:
+        """Why this model cannot be trained as a cohort (None: it can); checked once."""
+        if not self._problem:
+            self._problem.append(vectorisation_problem(self.model, self._example(2)))
+        return self._problem[0]
+
+    def cohort_size(
+        self, message_type: str, max_clients: int | None, memory_mb: float | None
+    ) -> int:
+        """The most messages of ``message_type`` one cohort may hold."""
+        if message_type not in self._bytes_per_client:
+            batch = (
+                self.spec.batch_size
+                if message_type == MessageType.TRAIN
+                else self.spec.eval_batch_size
+            )
+            self._bytes_per_client[message_type] = cohort_bytes_per_client(
+                self.model, self._example(batch)
+            )
+        budget = memory_mb if memory_mb is not None else default_cohort_memory_mb(self.device)
+        return cohort_capacity(self._bytes_per_client[message_type], budget, max_clients)
+
+    def rows(self, split: str, clients: list[int]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """The inputs and labels of ``clients`` on the device, and where each client's rows
+        start. On an accelerator a split that fits a quarter of the free memory is copied
+        there once and kept; otherwise the clients' rows are gathered per cohort."""
+        x_all, y_all, offsets = self.store.split(split)
+        if split not in self._resident:
+            self._resident[split] = None
+            if self.device.type == "cuda":
+                free = torch.cuda.mem_get_info(self.device)[0]
+                if x_all.nbytes + y_all.nbytes <= free // 4:
+                    x, y = host_to_device([x_all, y_all], self.device)
+                    self._resident[split] = (x, y, offsets)
+        resident = self._resident[split]
+        if resident is not None:
+            return resident[0], resident[1], resident[2][clients]
+        parts = [(int(offsets[c]), int(offsets[c + 1])) for c in clients]
+        sizes = np.array([end - start for start, end in parts], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        x_np = np.concatenate([x_all[a:b] for a, b in parts]) if parts else x_all[:0]
+        y_np = np.concatenate([y_all[a:b] for a, b in parts]) if parts else y_all[:0]
+        x, y = host_to_device([x_np, y_np], self.device)
+        return x, y, starts
+
+    def stacked_state(self, records: list[ArrayRecord]) -> Stacked:
+        """The messages' models stacked along a leading client dimension, on the device.
+
+        Raises ValueError when a record does not match the model (the one-at-a-time path
+        then answers each message with its own error)."""
+        state = self.model.state_dict()
+        views = []
+        for name, tensor in state.items():
+            rows = []
+            for record in records:
+                if name not in record or len(record) != len(state):
+                    raise ValueError("arrays do not match the model's state_dict")
+                view = array_to_numpy(record[name])
+                if view.shape != tuple(tensor.shape):
+                    raise ValueError(f"{name}: shape {view.shape}, model {tuple(tensor.shape)}")
+                rows.append(view)
+            views.append(np.stack(rows).astype(_numpy_dtype(tensor), copy=False))
+        return dict(zip(state, host_to_device(views, self.device), strict=True))
+
+    @staticmethod
+    def records(state: Stacked) -> list[ArrayRecord]:
+        """One ArrayRecord per client of a stacked state (what state_to_record gives)."""
+        host = device_to_host(list(state.values()))
+        count = host[0].shape[0] if host else 0
+        out = []
+        for k in range(count):
+            record = ArrayRecord()  # filled in place: ArrayRecord(dict) would copy every Array
+            for name, array in zip(state, host, strict=True):
+                record[name] = numpy_to_array(np.ascontiguousarray(array[k]))
+            out.append(record)
+        return out
+
+
+# The CPU's cohort memory budget when engine.cohort_memory_mb is not set; on CUDA, half of
+# the memory free when the first cohort is planned.
+CPU_COHORT_MEMORY_MB = 2048.0
+
+
+def default_cohort_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2 / (1 << 20)
+    return CPU_COHORT_MEMORY_MB
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
+    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
 
 
 _WORKSPACES: dict[ClientSpec, _Workspace] = {}
@@ -106,37 +230,6 @@ def _workspace(spec: ClientSpec) -> _Workspace:
     return _WORKSPACES[spec]
 
 
-def stream_batches(
-    num_examples: int,
-    batch_size: int,
-    num_steps: int,
-    *,
-    seed: int,
-    client: int,
-    epoch: int,
-    position: int,
-) -> tuple[list[np.ndarray], int, int]:
-    """The next ``num_steps`` minibatches of a client's persistent data stream.
-
-    Each epoch is one permutation of the client's examples, drawn from
-    ``rng(seed, "data-stream", client, epoch)``; the last batch of an epoch may be
-    short. Returns the batches and the stream's new (epoch, position).
-
-    >>> batches, epoch, position = stream_batches(5, 2, 4, seed=0, client=0, epoch=0, position=0)
-    >>> [len(b) for b in batches], epoch, position
-    ([2, 2, 1, 2], 1, 2)
-    """
-    batches: list[np.ndarray] = []
-    order = rng(seed, "data-stream", client, epoch).permutation(num_examples)
-    for _ in range(num_steps):
-        if position >= num_examples:
-            epoch, position = epoch + 1, 0
-            order = rng(seed, "data-stream", client, epoch).permutation(num_examples)
-        batches.append(order[position : position + batch_size])
-        position += batch_size
-    return batches, epoch, position
-
-
 def _client_id(context: Context) -> int:
     return int(context.node_config[keys.PARTITION_ID])
 
@@ -145,218 +238,24 @@ def _arrays(message: Message) -> ArrayRecord:
     return message.content.array_records[keys.ARRAYS]
 
 
-_ALIGN = 64  # byte alignment of each tensor in a staging buffer
-
-
-def _layout(tensors: list[torch.Tensor]) -> tuple[list[int], int]:
-    """Aligned byte offsets of ``tensors`` packed one after the other, and the total."""
-    offsets, total = [], 0
-    for tensor in tensors:
-        offsets.append(total)
-        total += -(-tensor.numel() * tensor.element_size() // _ALIGN) * _ALIGN
-    return offsets, total
-
-
-class _Staging:
-    """One host buffer per process (pinned when CUDA is there), reused for every copy
-    between the host and an accelerator: one transfer per model instead of one per tensor."""
-
-    buffer: torch.Tensor | None = None
-
-    @classmethod
-    def host(cls, nbytes: int) -> torch.Tensor:
-        if cls.buffer is None or cls.buffer.numel() < nbytes:
-            pin = torch.cuda.is_available()
-            cls.buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=pin)
-        return cls.buffer[:nbytes]
-
-
-@functools.cache
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype | None:
-    """The numpy dtype of a torch dtype (None where numpy has none, e.g. bfloat16)."""
-    try:
-        return torch.empty(0, dtype=dtype).numpy().dtype
-    except TypeError:
-        return None
-
-
-def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().reshape(-1).view(torch.uint8)
-
-
-def staged_load(tensors: list[torch.Tensor], views: list[np.ndarray]) -> None:
-    """Copy host arrays into same-dtype (device) tensors through one staging transfer."""
-    offsets, total = _layout(tensors)
-    device = tensors[0].device
-    if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()  # the buffer's last copy is done
-    host = _Staging.host(total)
-    host_np = host.numpy()
-    for offset, view in zip(offsets, views, strict=True):
-        raw = np.ascontiguousarray(view).reshape(-1).view(np.uint8)
-        host_np[offset : offset + raw.size] = raw
-    staged = host.to(device, non_blocking=True)
-    for offset, tensor in zip(offsets, tensors, strict=True):
-        size = tensor.numel() * tensor.element_size()
-        tensor.copy_(staged[offset : offset + size].view(tensor.dtype).view(tensor.shape))
-
-
-def staged_numpy(tensors: list[torch.Tensor]) -> list[np.ndarray]:
-    """Host copies of (device) tensors through one staging transfer (valid until the next)."""
-    offsets, total = _layout(tensors)
-    packed = torch.zeros(total, dtype=torch.uint8, device=tensors[0].device)
-    for offset, tensor in zip(offsets, tensors, strict=True):
-        raw = _bytes_of(tensor)
-        packed[offset : offset + raw.numel()] = raw
-    host = _Staging.host(total)
-    host.copy_(packed, non_blocking=True)
-    if packed.device.type == "cuda":
-        torch.cuda.current_stream(packed.device).synchronize()
-    host_np = host.numpy()
-    out = []
-    for offset, tensor in zip(offsets, tensors, strict=True):
-        dtype = _numpy_dtype(tensor.dtype)
-        assert dtype is not None
-        size = tensor.numel() * tensor.element_size()
-        out.append(host_np[offset : offset + size].view(dtype).reshape(tuple(tensor.shape)))
-    return out
-
-
-@torch.no_grad()
-def load_arrays(model: torch.nn.Module, arrays: ArrayRecord) -> None:
-    """Copy ``arrays`` into ``model``'s parameters and buffers, where they already live.
-
-    As strict as ``load_state_dict`` (which reports any mismatch of names or shapes). On
-    an accelerator the whole model travels in one transfer.
-    """
-    state = model.state_dict()
-    views = {name: array_to_numpy(arrays[name]) for name in arrays}
-    if views.keys() != state.keys() or any(
-        views[name].shape != tuple(tensor.shape) for name, tensor in state.items()
-    ):
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in views.items()})
-        return
-    tensors = list(state.values())
-    if all(tensor.device.type == "cpu" for tensor in tensors):
-        for name, tensor in state.items():
-            np.copyto(tensor.numpy(), views[name], casting="unsafe")
-    elif len({t.device for t in tensors}) == 1 and all(
-        views[name].dtype == _numpy_dtype(tensor.dtype) for name, tensor in state.items()
-    ):
-        staged_load(tensors, [views[name] for name in state])
-    else:
-        for name, tensor in state.items():
-            tensor.copy_(torch.from_numpy(np.array(views[name])))
-
-
-def state_to_record(model: torch.nn.Module) -> ArrayRecord:
-    """The model's ``state_dict`` as an ``ArrayRecord`` (what ``ArrayRecord(state_dict)`` is);
-    from an accelerator in one transfer."""
-    state = model.state_dict()
-    tensors = list(state.values())
-    if (
-        tensors
-        and len({t.device for t in tensors}) == 1
-        and tensors[0].device.type != "cpu"
-        and all(_numpy_dtype(t.dtype) is not None for t in tensors)
-    ):
-        arrays = staged_numpy(tensors)
-    else:
-        arrays = [tensor.detach().cpu().numpy() for tensor in tensors]
-    record = ArrayRecord()  # filled in place: ArrayRecord(dict) would copy every Array
-    for name, array in zip(state, arrays, strict=True):
-        record[name] = numpy_to_array(array)
-    return record
-
-
-def round_batches(
-    client: int,
-    num_examples: int,
-    epoch: int,
-    position: int,
-    *,
-    local_steps: int | None,
-    local_epochs: int | None,
-    batch_size: int,
-    seed: int,
-) -> tuple[list[np.ndarray], int, int]:
-    """This round's minibatches of ``client`` given its stream state (epoch, position).
-
-    ``local_steps`` continues the stream where the last round left it; otherwise a round
-    is ``local_epochs`` fresh epochs. Returns the batches and the new state.
-
-    >>> batches, epoch, position = round_batches(
-    ...     0, 5, 0, 1, local_steps=None, local_epochs=1, batch_size=2, seed=0)
-    >>> [len(b) for b in batches], epoch, position
-    ([2, 2, 1], 1, 6)
-    """
-    if local_steps is not None:
-        num_steps = local_steps
-    else:
-        num_steps = (local_epochs or 1) * math.ceil(num_examples / batch_size)
-        if position:
-            epoch, position = epoch + 1, 0
-    if not num_examples:
-        return [], epoch, position
-    return stream_batches(
-        num_examples,
-        batch_size,
-        num_steps,
-        seed=seed,
-        client=client,
-        epoch=epoch,
-        position=position,
-    )
-
-
-def local_sgd(
-    model: torch.nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
-    batches: list[np.ndarray],
-    *,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    device: torch.device,
-) -> np.ndarray:
-    """SGD over ``batches`` (index arrays into ``x``, ``y``); returns the float64 step losses.
-
-    The client's data and every batch's indices go to the device once, and the losses
-    stay there until the end, so a GPU never waits for the host inside the loop.
-    """
-    if not batches:
-        return np.zeros(0)
-    x_all = torch.from_numpy(np.array(x)).to(device)
-    y_all = torch.from_numpy(np.array(y)).to(device)
-    order = torch.from_numpy(np.concatenate(batches)).to(device)
-    bounds = np.cumsum([0] + [len(batch) for batch in batches]).tolist()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
-    model.train()
-    losses = []
-    for start, end in itertools.pairwise(bounds):
-        index = order[start:end]
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(x_all[index]), y_all[index])
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-    return torch.stack(losses).cpu().numpy().astype(np.float64)
-
-
-def train(spec: ClientSpec, message: Message, context: Context) -> Message:
-    """Local SGD from the received global model; replies the new model and metrics."""
-    work = _workspace(spec)
-    client = _client_id(context)
-    model = work.model
-    load_arrays(model, _arrays(message))
-    x_np, y_np = work.store.train(client)
-    num_examples = len(y_np)
+def _stream(context: Context) -> tuple[int, int]:
+    """The node's data stream position (epoch, position) kept in its Context."""
     stream = context.state.config_records.get(keys.STREAM_STATE, ConfigRecord())
-    epoch, position = int(stream.get("epoch", 0)), int(stream.get("position", 0))  # type: ignore[arg-type]
-    batches, epoch, position = round_batches(
+    return int(stream.get("epoch", 0)), int(stream.get("position", 0))  # type: ignore[arg-type]
+
+
+def _set_stream(context: Context, epoch: int, position: int) -> None:
+    context.state.config_records[keys.STREAM_STATE] = ConfigRecord(
+        {"epoch": epoch, "position": position}
+    )
+
+
+def _round_batches(
+    spec: ClientSpec, client: int, num_examples: int, context: Context
+) -> tuple[list[np.ndarray], int, int]:
+    """This round's batches of ``client`` and its stream's position after them."""
+    epoch, position = _stream(context)
+    return round_batches(
         client,
         num_examples,
         epoch,
@@ -366,22 +265,14 @@ def train(spec: ClientSpec, message: Message, context: Context) -> Message:
         batch_size=spec.batch_size,
         seed=spec.seed,
     )
-    losses = local_sgd(
-        model,
-        x_np,
-        y_np,
-        batches,
-        lr=spec.lr,
-        momentum=spec.momentum,
-        weight_decay=spec.weight_decay,
-        device=work.device,
-    )
-    context.state.config_records[keys.STREAM_STATE] = ConfigRecord(
-        {"epoch": epoch, "position": position}
-    )
+
+
+def _train_reply(
+    message: Message, arrays: ArrayRecord, num_examples: int, losses: np.ndarray
+) -> Message:
     reply = RecordDict(
         {
-            keys.ARRAYS: state_to_record(model),
+            keys.ARRAYS: arrays,
             keys.METRICS: MetricRecord(
                 {
                     keys.NUM_EXAMPLES: num_examples,
@@ -393,26 +284,65 @@ def train(spec: ClientSpec, message: Message, context: Context) -> Message:
     return Message(reply, reply_to=message)
 
 
-@torch.no_grad()
-def evaluate_arrays(
-    model: torch.nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    device: torch.device,
-    batch_size: int,
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
-    model.eval()
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        xb = torch.from_numpy(np.array(x[start : start + batch_size])).to(device)
-        yb = torch.from_numpy(np.array(y[start : start + batch_size])).to(device)
-        logits = model(xb)
-        total_loss += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == yb).sum())
-    count = max(len(y), 1)
-    return total_loss / count, correct / count
+def _evaluate_reply(message: Message, num_examples: int, loss: float, accuracy: float) -> Message:
+    metrics = MetricRecord(
+        {keys.NUM_EXAMPLES: num_examples, keys.EVAL_LOSS: loss, keys.EVAL_ACCURACY: accuracy}
+    )
+    return Message(RecordDict({keys.METRICS: metrics}), reply_to=message)
+
+
+def train(spec: ClientSpec, message: Message, context: Context) -> Message:
+    """Local SGD from the received global model; replies the new model and metrics."""
+    work = _workspace(spec)
+    client = _client_id(context)
+    load_arrays(work.model, _arrays(message))
+    x_np, y_np = work.store.train(client)
+    batches, epoch, position = _round_batches(spec, client, len(y_np), context)
+    losses = local_sgd(
+        work.model,
+        x_np,
+        y_np,
+        batches,
+        lr=spec.lr,
+        momentum=spec.momentum,
+        weight_decay=spec.weight_decay,
+        device=work.device,
+    )
+    _set_stream(context, epoch, position)
+    return _train_reply(message, state_to_record(work.model), len(y_np), losses)
+
+
+def train_cohort(
+    spec: ClientSpec, messages: list[Message], contexts: list[Context]
+) -> list[Message]:
+    """:func:`train` for several nodes at once, as one stacked model; the same replies
+    (up to float32 rounding) and the same stream positions as one at a time."""
+    work = _workspace(spec)
+    clients = [_client_id(context) for context in contexts]
+    state = work.stacked_state([_arrays(message) for message in messages])
+    sizes = work.store.num_train_examples()[clients]
+    plans = [
+        _round_batches(spec, client, int(size), context)
+        for client, size, context in zip(clients, sizes, contexts, strict=True)
+    ]
+    x, y, starts = work.rows("train", clients)
+    steps = CohortSteps.of([plan[0] for plan in plans], starts.tolist())
+    losses = cohort_sgd(
+        work.model,
+        state,
+        x,
+        y,
+        steps,
+        lr=spec.lr,
+        momentum=spec.momentum,
+        weight_decay=spec.weight_decay,
+    )
+    replies = []
+    for k, record in enumerate(work.records(state)):
+        _set_stream(contexts[k], plans[k][1], plans[k][2])
+        client_losses = losses[steps.active[:, k], k]
+        replies.append(_train_reply(messages[k], record, int(sizes[k]), client_losses))
+    return replies
 
 
 def evaluate(spec: ClientSpec, message: Message, context: Context) -> Message:
@@ -424,25 +354,72 @@ def evaluate(spec: ClientSpec, message: Message, context: Context) -> Message:
     loss, accuracy = evaluate_arrays(
         work.model, x, y, device=work.device, batch_size=spec.eval_batch_size
     )
-    metrics = MetricRecord(
-        {keys.NUM_EXAMPLES: len(y), keys.EVAL_LOSS: loss, keys.EVAL_ACCURACY: accuracy}
+    return _evaluate_reply(message, len(y), loss, accuracy)
+
+
+def evaluate_cohort(
+    spec: ClientSpec, messages: list[Message], contexts: list[Context]
+) -> list[Message]:
+    """:func:`evaluate` for several nodes at once, as one stacked model."""
+    work = _workspace(spec)
+    clients = [_client_id(context) for context in contexts]
+    state = work.stacked_state([_arrays(message) for message in messages])
+    sizes = work.store.num_test_examples()[clients]
+    x, y, starts = work.rows("test", clients)
+    batches = [evaluation_batches(int(size), spec.eval_batch_size) for size in sizes]
+    total, correct = cohort_evaluate(
+        work.model, state, x, y, CohortSteps.of(batches, starts.tolist())
     )
-    return Message(RecordDict({keys.METRICS: metrics}), reply_to=message)
+    counts = np.maximum(sizes, 1)
+    return [
+        _evaluate_reply(message, int(size), float(t / n), float(c / n))
+        for message, size, t, c, n in zip(messages, sizes, total, correct, counts, strict=True)
+    ]
 
 
-def make_client_app(spec: ClientSpec) -> ClientApp:
+class FedsimClientApp(ClientApp):
+    """fedsim's ClientApp for one scenario; an engine worker may also hand it cohorts.
+
+    >>> # app = FedsimClientApp(spec)
+    >>> # limit, reason = app.cohort_limit("train", max_clients=None, memory_mb=None)
+    >>> # replies = app.serve_cohort(messages[:limit], contexts[:limit])
+    """
+
+    def __init__(self, spec: ClientSpec) -> None:
+        super().__init__()
+        self.spec = spec
+
+        @self.train()
+        def _train(message: Message, context: Context) -> Message:
+            return train(spec, message, context)
+
+        @self.evaluate()
+        def _evaluate(message: Message, context: Context) -> Message:
+            return evaluate(spec, message, context)
+
+    def cohort_limit(
+        self, message_type: str, *, max_clients: int | None, memory_mb: float | None
+    ) -> tuple[int, str | None]:
+        """How many messages of ``message_type`` one cohort may hold, and why only one
+        when the model cannot be vectorised (None otherwise)."""
+        if message_type not in (MessageType.TRAIN, MessageType.EVALUATE):
+            return 1, None
+        work = _workspace(self.spec)
+        problem = work.cohort_problem()
+        if problem is not None:
+            return 1, problem
+        return work.cohort_size(message_type, max_clients, memory_mb), None
+
+    def serve_cohort(self, messages: list[Message], contexts: list[Context]) -> list[Message]:
+        """Replies to ``messages`` (all train or all evaluate, distinct nodes)."""
+        if messages[0].metadata.message_type == MessageType.TRAIN:
+            return train_cohort(self.spec, messages, contexts)
+        return evaluate_cohort(self.spec, messages, contexts)
+
+
+def make_client_app(spec: ClientSpec) -> FedsimClientApp:
     """fedsim's ClientApp for one scenario."""
-    app = ClientApp()
-
-    @app.train()
-    def _train(message: Message, context: Context) -> Message:
-        return train(spec, message, context)
-
-    @app.evaluate()
-    def _evaluate(message: Message, context: Context) -> Message:
-        return evaluate(spec, message, context)
-
-    return app
+    return FedsimClientApp(spec)
 
 
 class HookedClientApp(ClientApp):
@@ -459,3 +436,21 @@ class HookedClientApp(ClientApp):
             return Message(RecordDict({keys.METRICS: record}), reply_to=message)
         context.run_config.update(self.run_config)
         return self.inner(message, context)
+
+    def cohort_limit(
+        self, message_type: str, *, max_clients: int | None, memory_mb: float | None
+    ) -> tuple[int, str | None]:
+        """The inner app's cohort limit; 1 for an app that serves one message at a time."""
+        inner = getattr(self.inner, "cohort_limit", None)
+        if inner is None or message_type == WHOAMI:
+            return 1, None
+        limit: tuple[int, str | None] = inner(
+            message_type, max_clients=max_clients, memory_mb=memory_mb
+        )
+        return limit
+
+    def serve_cohort(self, messages: list[Message], contexts: list[Context]) -> list[Message]:
+        for context in contexts:
+            context.run_config.update(self.run_config)
+        replies: list[Message] = self.inner.serve_cohort(messages, contexts)  # type: ignore[attr-defined]
+        return replies

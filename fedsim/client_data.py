@@ -139,6 +139,15 @@ class ClientDataStore:
         start, end = int(offsets[client]), int(offsets[client + 1])
         return self._arrays[f"{split}_x"][start:end], self._arrays[f"{split}_y"][start:end]
 
+    def split(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every client's rows of ``split`` ("train" or "test"): inputs, labels and the
+        offsets (N + 1,) at which each client's rows begin (memory-mapped, not copied)."""
+        return (
+            self._arrays[f"{split}_x"],
+            self._arrays[f"{split}_y"],
+            self._arrays[f"{split}_offsets"],
+        )
+
     def train(self, client: int) -> tuple[np.ndarray, np.ndarray]:
         """The client's local training inputs and labels (read-only memory-mapped slices)."""
         return self._rows("train", client)

@@ -59,6 +59,8 @@ CLIENT_KEYS = {
 }
 ENGINE_KEYS = {
     "kind",
+    "cohort",
+    "cohort_memory_mb",
     "num_cpus_per_client",
     "num_gpus_per_client",
     "ray_address",
@@ -196,6 +198,10 @@ class EngineConfig:
     # Stop the run when more clients than this fail in one round (None: never).
     max_failures_per_round: int | None = None
     max_failure_fraction: float | None = None
+    # Train a worker's messages for fedsim's ClientApp as one stacked model: "auto" (as
+    # many as fit cohort_memory_mb), "off", or at most this many clients per pass.
+    cohort: str | int = "auto"
+    cohort_memory_mb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -425,4 +431,19 @@ def _engine(reader: _Reader) -> EngineConfig:
             if "max_failure_fraction" in reader.table
             else None
         ),
+        cohort=_cohort(reader),
+        cohort_memory_mb=(
+            reader.number("cohort_memory_mb", 1.0, minimum=0.0, open_minimum=True)
+            if "cohort_memory_mb" in reader.table
+            else None
+        ),
     )
+
+
+def _cohort(reader: _Reader) -> str | int:
+    value = reader.table.get("cohort", "auto")
+    if value in ("auto", "off"):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise reader.fail("cohort", '"auto", "off" or a number of clients >= 1', value)

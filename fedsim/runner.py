@@ -18,6 +18,7 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,19 +44,14 @@ from fedsim.checkpoint import (
     save_checkpoint,
     strategy_state,
 )
-from fedsim.client_app import (
-    WHOAMI,
-    ClientSpec,
-    HookedClientApp,
-    evaluate_arrays,
-    make_client_app,
-    resolve_device,
-)
+from fedsim.client_app import WHOAMI, ClientSpec, HookedClientApp, make_client_app
 from fedsim.client_data import ClientDataStore
 from fedsim.config import Scenario, read_toml, scenario_from_dict
 from fedsim.datasets import DATASET_NAMES, DATASET_OPTIONS, Dataset, load_dataset
+from fedsim.device import resolve_device
 from fedsim.engine.identity import node_id_of
 from fedsim.engine.reachable import ReachableGrid
+from fedsim.engine.serving import CohortPolicy
 from fedsim.errors import FedsimError, RunError, ScenarioError
 from fedsim.loop import LoopSettings, run_rounds
 from fedsim.models import build_model
@@ -70,6 +66,7 @@ from fedsim.plugins import load_object
 from fedsim.results import FINAL_MODEL_FILE, SCENARIO_FILE, RunWriter, atomic_write_bytes
 from fedsim.seeding import rng
 from fedsim.strategies import build_strategy, declared_parameters, resolve_strategy_class
+from fedsim.training import evaluate_arrays
 
 DATA_DIR = "client_data"
 
@@ -622,7 +619,10 @@ def run_session(
         )
         return True
 
+    cohorts = CohortBookkeeping(grid)
+
     def round_end(rnd: int, arrays: ArrayRecord) -> None:
+        cohorts.record(rnd, writer)
         last = rnd == scenario.rounds
         stopping = control.stop is not None and control.stop.is_set() and not last
         every = scenario.checkpoint_every
@@ -643,6 +643,32 @@ def run_session(
         first_round=first_round,
         on_round_end=round_end,
     )
+
+
+class CohortBookkeeping:
+    """Per round, how many train messages a grid served, and how many train and evaluate
+    messages in cohorts (timing rows ``train_served``, ``cohort_train``,
+    ``cohort_evaluate``), and one ``cohort_fallback`` event per
+    reason the first time messages were served one at a time instead."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.stats: dict[str, float] | None = getattr(grid, "stats", None)
+        self.fallbacks: Counter[str] | None = getattr(grid, "cohort_fallbacks", None)
+        self.counted = dict.fromkeys(COHORT_COUNTS, 0.0)
+        self.reported: set[str] = set()
+
+    def record(self, rnd: int, writer: RunWriter) -> None:
+        if self.stats is None:
+            return
+        rows = [(name, self.stats[name] - self.counted[name]) for name in COHORT_COUNTS]
+        writer.metrics(rnd, None, keys.PHASE_TIMING, rows)
+        self.counted = {name: self.stats[name] for name in COHORT_COUNTS}
+        for reason in sorted(set(self.fallbacks or ()) - self.reported):
+            writer.event(rnd, "cohort_fallback", reason=reason)
+            self.reported.add(reason)
+
+
+COHORT_COUNTS = ("train_served", "cohort_train", "cohort_evaluate")
 
 
 # The longest a Ray actor may take to start (import torch, open the data): not the
@@ -692,6 +718,11 @@ def check_ray_address(scenario: Scenario) -> None:
         ) from error
 
 
+def cohort_policy(scenario: Scenario) -> CohortPolicy:
+    """The scenario's ``engine.cohort`` settings, as the engines take them."""
+    return CohortPolicy(scenario.engine.cohort, scenario.engine.cohort_memory_mb)
+
+
 def run_on_ray(prepared: Prepared, writer: RunWriter, control: RunControl) -> ArrayRecord:
     import ray
 
@@ -714,6 +745,7 @@ def run_on_ray(prepared: Prepared, writer: RunWriter, control: RunControl) -> Ar
         num_cpus_per_actor=scenario.engine.num_cpus_per_client,
         num_gpus_per_actor=scenario.engine.num_gpus_per_client,
         start_timeout=max(scenario.engine.timeout, ACTOR_START_TIMEOUT_S),
+        cohort=cohort_policy(scenario),
     )
     try:
         mapping = {c: node_id_of(c) for c in range(scenario.data.num_clients)}
@@ -729,7 +761,9 @@ def run_inline(prepared: Prepared, writer: RunWriter, control: RunControl) -> Ar
     from fedsim.engine.inline_grid import InlineGrid
 
     num_clients = prepared.scenario.data.num_clients
-    grid = InlineGrid(prepared.app, num_clients=num_clients)
+    grid = InlineGrid(
+        prepared.app, num_clients=num_clients, cohort=cohort_policy(prepared.scenario)
+    )
     try:
         mapping = {c: node_id_of(c) for c in range(num_clients)}
         return run_session(prepared, grid, mapping, writer, control)
@@ -824,6 +858,22 @@ def resume_run(
     return run_dir, _execute(scenario, run_dir, writer, control, data)
 
 
+def cohort_summary(writer: RunWriter) -> dict[str, int]:
+    """Client-rounds trained in all and in cohorts, from the run's timing rows (a
+    resumed run's earlier rounds included)."""
+    totals: Counter[str] = Counter()
+    for _, client, phase, name, value in writer.metric_rows:
+        if client is None and phase == keys.PHASE_TIMING and name in COHORT_COUNTS:
+            totals[name] += int(value)
+    if not totals:
+        return {}  # an engine that does not count (Flower's)
+    return {
+        "client_rounds": totals["train_served"],
+        "cohort_client_rounds": totals["cohort_train"],
+        "cohort_evaluations": totals["cohort_evaluate"],
+    }
+
+
 def _stored_data(
     scenario: Scenario, run_dir: Path, checkpoint: Checkpoint
 ) -> tuple[ClientDataStore, tuple[np.ndarray, np.ndarray] | None] | None:
@@ -872,6 +922,7 @@ def _execute(
         "wall_time_s": control.elapsed(),
         "final_accuracy": writer.latest(keys.PHASE_CENTRAL, "accuracy"),
         "final_loss": writer.latest(keys.PHASE_CENTRAL, "loss"),
+        **cohort_summary(writer),
     }
     writer.finish(summary)
     remove_checkpoint(run_dir)

@@ -29,8 +29,8 @@ from benchmarks.plain_loop import run_plain
 from benchmarks.run import GROUPS, plan
 from benchmarks.workloads import small
 from fedsim.arrays import array_to_numpy, numpy_to_array
-from fedsim.client_app import load_arrays, staged_load, staged_numpy, state_to_record
 from fedsim.config import scenario_from_dict
+from fedsim.device import load_arrays, staged_load, staged_numpy, state_to_record
 from fedsim.engine.identity import node_id_of, set_identity
 from fedsim.runner import Prepared, prepare
 from fedsim.strategies.fedavg import FedAvg

@@ -7,7 +7,8 @@ travels with it (the grid owns the contexts), so any actor can serve any
 client and results do not depend on which one does.
 
 One call serves a batch of messages (a Ray call costs milliseconds of
-scheduling and object-store traffic, as much as a small client's training). A
+scheduling and object-store traffic, as much as a small client's training),
+as cohorts where the app and ``engine.cohort`` allow (:mod:`fedsim.engine.serving`). A
 round's content is shipped once per call as pickled bytes and unpickled afresh
 for every message, so each ClientApp call gets its own content, as under
 Flower.
@@ -21,27 +22,32 @@ import ray
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedsim.engine.serving import BatchItem, serve_item
+from fedsim.engine.serving import BatchItem, CohortPolicy, CohortTally, serve_batch
 
 
 @ray.remote
 class ClientActor:
     """Runs a ClientApp on messages and returns the replies with the updated contexts."""
 
-    def __init__(self, app: ClientApp, cpu_threads: int | None) -> None:
+    def __init__(
+        self, app: ClientApp, cpu_threads: int | None, cohort: CohortPolicy | None = None
+    ) -> None:
         if cpu_threads is not None:
             import torch
 
             torch.set_num_threads(cpu_threads)
         self.app = app
+        self.cohort = cohort or CohortPolicy()
 
     def ready(self) -> bool:
         return True
 
     def run_batch(
         self, items: list[BatchItem], *contents: bytes
-    ) -> tuple[list[tuple[Message, Context]], float]:
-        """Serve ``items`` in order; returns (reply, context) pairs and the seconds spent."""
+    ) -> tuple[list[tuple[Message, Context]], float, CohortTally]:
+        """Serve ``items`` in order (in cohorts where allowed); returns (reply, context)
+        pairs, the seconds spent and what the cohorts did."""
         started = time.perf_counter()
-        results = [(serve_item(self.app, item, contents), item[2]) for item in items]
-        return results, time.perf_counter() - started
+        replies, tally = serve_batch(self.app, items, contents, self.cohort)
+        results = [(reply, item[2]) for reply, item in zip(replies, items, strict=True)]
+        return results, time.perf_counter() - started, tally  # type: ignore[return-value]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,8 +29,20 @@ from flwr.supercore.run import Run
 
 from fedsim import keys
 from fedsim.engine.identity import node_id_of
+from fedsim.engine.serving import CohortPolicy, CohortTally
 
-STAT_KEYS = ("dispatch_s", "wait_s", "collect_s", "actor_busy_s", "calls", "messages")
+STAT_KEYS = (
+    "dispatch_s",
+    "wait_s",
+    "collect_s",
+    "actor_busy_s",
+    "calls",
+    "messages",
+    "train_served",
+    "cohort_train",
+    "cohort_evaluate",
+    "cohort_passes",
+)
 
 
 def pickled(content: RecordDict) -> bytes:
@@ -40,11 +53,18 @@ def pickled(content: RecordDict) -> bytes:
 class NodeGrid(Grid):
     """A Flower Grid over ``num_clients`` simulated nodes; subclasses serve the messages.
 
-    ``stats`` adds up where the driver's time went (see benchmarks/).
+    ``stats`` adds up where the driver's time went (see benchmarks/) and how many
+    messages were served in cohorts; ``cohort_fallbacks`` counts, per reason, the
+    messages that could have been and were served one at a time.
     """
 
     def __init__(
-        self, *, num_clients: int, run_id: int = 1, run_config: dict[str, Any] | None = None
+        self,
+        *,
+        num_clients: int,
+        run_id: int = 1,
+        run_config: dict[str, Any] | None = None,
+        cohort: CohortPolicy | None = None,
     ) -> None:
         self._run = Run.create_empty(run_id)
         self.num_clients = num_clients
@@ -53,6 +73,16 @@ class NodeGrid(Grid):
         self._replies: dict[str, Message] = {}
         self._pending: dict[str, Message] = {}
         self.stats: dict[str, float] = dict.fromkeys(STAT_KEYS, 0.0)
+        self.cohort = cohort or CohortPolicy()
+        self.cohort_fallbacks: Counter[str] = Counter()
+
+    def _count(self, tally: CohortTally) -> None:
+        """Add a served batch's cohort tally to ``stats`` and ``cohort_fallbacks``."""
+        self.stats["train_served"] += tally.served["train"]
+        self.stats["cohort_train"] += tally.messages["train"]
+        self.stats["cohort_evaluate"] += tally.messages["evaluate"]
+        self.stats["cohort_passes"] += tally.passes
+        self.cohort_fallbacks.update(tally.fallbacks)
 
     def _dispatch(self, messages: list[Message], *, timeout: float | None) -> None:
         """Serve ``messages``, storing each reply under its message id in ``_replies``

@@ -37,7 +37,7 @@ from flwr.common.constant import ErrorCode
 from fedsim.engine.actor import ClientActor
 from fedsim.engine.identity import set_identity
 from fedsim.engine.node_grid import NodeGrid, pickled
-from fedsim.engine.serving import BatchItem, error_reply
+from fedsim.engine.serving import BatchItem, CohortPolicy, error_reply
 from fedsim.errors import RunError
 
 # With several actors, a round's messages go out in about this many calls per actor (later
@@ -90,8 +90,11 @@ class RayGrid(NodeGrid):
         run_id: int = 1,
         run_config: dict[str, Any] | None = None,
         start_timeout: float | None = None,
+        cohort: CohortPolicy | None = None,
     ) -> None:
-        super().__init__(num_clients=num_clients, run_id=run_id, run_config=run_config)
+        super().__init__(
+            num_clients=num_clients, run_id=run_id, run_config=run_config, cohort=cohort
+        )
         self._app_ref = ray.put(app)
         self._actor_options = {"num_cpus": num_cpus_per_actor, "num_gpus": num_gpus_per_actor}
         self._cpu_threads = None if num_gpus_per_actor > 0 else max(1, int(num_cpus_per_actor))
@@ -110,7 +113,7 @@ class RayGrid(NodeGrid):
 
     def _new_actor(self) -> Any:
         return ClientActor.options(**self._actor_options).remote(  # type: ignore[attr-defined]
-            self._app_ref, self._cpu_threads
+            self._app_ref, self._cpu_threads, self.cohort
         )
 
     # --- scheduling -----------------------------------------------------------
@@ -181,8 +184,9 @@ class RayGrid(NodeGrid):
 
     def _collect(self, call: _Call) -> None:
         """Store a returned call's replies and updated contexts."""
-        results, busy = ray.get(call.future)
+        results, busy, tally = ray.get(call.future)
         self.stats["actor_busy_s"] += busy
+        self._count(tally)
         for message, (reply, context) in zip(call.messages, results, strict=True):
             self.contexts[message.metadata.dst_node_id] = context
             self._replies[message.metadata.message_id] = reply
