@@ -169,13 +169,19 @@ class _Workspace:
     def stacked_state(self, records: list[ArrayRecord]) -> Stacked:
         """The messages' models stacked along a leading client dimension, on the device.
 
-        Raises ValueError when a record does not match the model (the one-at-a-time path
-        then answers each message with its own error)."""
+        A record that several messages share (a round's global model, usually) is
+        copied to the device once and repeated there. Raises ValueError when a record
+        does not match the model (the one-at-a-time path then answers each message
+        with its own error)."""
         state = self.model.state_dict()
+        distinct: dict[int, int] = {}
+        for record in records:
+            distinct.setdefault(id(record), len(distinct))
+        unique = list({id(record): record for record in records}.values())
         views = []
         for name, tensor in state.items():
             rows = []
-            for record in records:
+            for record in unique:
                 if name not in record or len(record) != len(state):
                     raise ValueError("arrays do not match the model's state_dict")
                 view = array_to_numpy(record[name])
@@ -183,7 +189,11 @@ class _Workspace:
                     raise ValueError(f"{name}: shape {view.shape}, model {tuple(tensor.shape)}")
                 rows.append(view)
             views.append(np.stack(rows).astype(_numpy_dtype(tensor), copy=False))
-        return dict(zip(state, host_to_device(views, self.device), strict=True))
+        loaded = host_to_device(views, self.device)
+        if len(unique) < len(records):
+            which = torch.tensor([distinct[id(r)] for r in records], device=self.device)
+            loaded = [tensor.index_select(0, which) for tensor in loaded]
+        return dict(zip(state, loaded, strict=True))
 
     @staticmethod
     def records(state: Stacked) -> list[ArrayRecord]:

@@ -165,10 +165,14 @@ def _serve_unit(
     if len(unit) == 1:
         return [serve_item(app, unit[0], contents)]
     messages, contexts = [], []
+    # One copy of each distinct content for the whole cohort: the app's cohort code only
+    # reads it (a ClientApp that edits its message is served one message at a time).
+    loaded: dict[int, RecordDict] = {}
     for index, metadata, context in unit:
         set_identity(metadata.run_id, metadata.dst_node_id)
-        content = pickle.loads(contents[index])
-        messages.append(Message(content=content, metadata=metadata))  # type: ignore[call-overload]
+        if index not in loaded:
+            loaded[index] = pickle.loads(contents[index])
+        messages.append(Message(content=loaded[index], metadata=metadata))  # type: ignore[call-overload]
         contexts.append(context)
     try:
         replies: list[Message] = app.serve_cohort(messages, contexts)  # type: ignore[attr-defined]
