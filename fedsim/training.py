@@ -316,23 +316,60 @@ def cohort_sgd(
     for s in range(num_steps):
         params = {name: state[name] for name in names}
         grads, step_loss = step(params, fixed, x[index[s]], y[index[s]], mask[s])
-        everyone = bool(steps.active[s].all())
-        keep = active[s]
         with torch.no_grad():
-            for name in names:
-                param, grad = state[name], grads[name]
-                if weight_decay:
-                    grad = grad.add(param, alpha=weight_decay)
-                if momentum:
-                    buffer = buffers[name].mul(momentum).add_(grad)
-                    buffers[name] = buffer if everyone else _where(keep, buffer, buffers[name])
-                    grad = buffer
-                updated = param.add(grad, alpha=-lr)
-                state[name] = updated if everyone else _where(keep, updated, param)
+            if steps.active[s].all():
+                _sgd_step_all(state, grads, buffers, names, lr, momentum, weight_decay)
+            else:
+                _sgd_step_some(active[s], state, grads, buffers, names, lr, momentum, weight_decay)
         losses.append(step_loss.detach())
     out = torch.stack(losses).cpu().numpy().astype(np.float64)
     out[~steps.active] = np.nan
     return out
+
+
+def _sgd_step_all(
+    state: Stacked,
+    grads: Stacked,
+    buffers: Stacked,
+    names: list[str],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> None:
+    """``torch.optim.SGD``'s step for every client, in place, a few fused kernels in all."""
+    params = [state[name] for name in names]
+    steps = [grads[name] for name in names]  # fresh tensors of this step: safe to edit
+    if weight_decay:
+        torch._foreach_add_(steps, params, alpha=weight_decay)
+    if momentum:
+        velocity = [buffers[name] for name in names]
+        torch._foreach_mul_(velocity, momentum)
+        torch._foreach_add_(velocity, steps)
+        steps = velocity
+    torch._foreach_add_(params, steps, alpha=-lr)
+
+
+def _sgd_step_some(
+    keep: torch.Tensor,
+    state: Stacked,
+    grads: Stacked,
+    buffers: Stacked,
+    names: list[str],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> None:
+    """The same step for the clients in ``keep`` only; the others keep their parameters
+    and momentum (a masked no-op step)."""
+    for name in names:
+        param, grad = state[name], grads[name]
+        if weight_decay:
+            grad = grad.add(param, alpha=weight_decay)
+        if momentum:
+            buffer = buffers[name].mul(momentum).add_(grad)
+            buffers[name] = _where(keep, buffer, buffers[name])
+            grad = buffer
+        state[name] = _where(keep, param.add(grad, alpha=-lr), param)
 
 
 def _where(keep: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tomli_w
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import MessageType
 
@@ -64,7 +65,7 @@ def write_store(folder: Path, input_shape: tuple[int, ...], sizes: tuple[int, ..
 
 
 def spec_for(
-    store: Path, model: dict[str, Any], shape: tuple[int, ...], **client: Any
+    store: Path, model: dict[str, Any], shape: tuple[int, ...], device: str = "cpu", **client: Any
 ) -> ClientSpec:
     fields: dict[str, Any] = {
         "local_steps": None,
@@ -84,7 +85,7 @@ def spec_for(
         seed=1,
         source="test.toml",
         base_dir=str(store.parent),
-        device="cpu",
+        device=device,
         **fields,
     )
 
@@ -156,14 +157,24 @@ MODELS: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
 }
 
 
+CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ],
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("label", sorted(MODELS))
 def test_cohort_training_equals_one_at_a_time_for_every_builtin_model(
-    tmp_path: Path, flower_identity: None, label: str
+    tmp_path: Path, flower_identity: None, label: str, device: str
 ) -> None:
     """Momentum and weight decay, one local epoch over unequal clients (short last
     batches, 2 to 3 steps), two rounds (the stream goes on to its next epoch)."""
     model, shape = MODELS[label]
-    spec = spec_for(write_store(tmp_path / "store", shape, SIZES), model, shape)
+    spec = spec_for(write_store(tmp_path / "store", shape, SIZES), model, shape, device)
     cohort_grid, cohort = serve_rounds(spec, CohortPolicy("auto"), rounds=2)
     alone_grid, alone = serve_rounds(spec, CohortPolicy("off"), rounds=2)
     for round_cohort, round_alone in zip(cohort, alone, strict=True):
@@ -214,9 +225,12 @@ def test_smooth_model_without_momentum_matches_to_float32_rounding(
             np.testing.assert_allclose(left, right, rtol=0, atol=3e-7)
 
 
-def test_evaluation_cohort_equals_one_at_a_time(tmp_path: Path, flower_identity: None) -> None:
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_evaluation_cohort_equals_one_at_a_time(
+    tmp_path: Path, flower_identity: None, device: str
+) -> None:
     model, shape = MODELS["fedau-cnn-1d"]
-    spec = spec_for(write_store(tmp_path / "store", shape, SIZES), model, shape)
+    spec = spec_for(write_store(tmp_path / "store", shape, SIZES), model, shape, device)
     cohort_grid, cohort = serve_rounds(spec, CohortPolicy("auto"), 1, MessageType.EVALUATE)
     _, alone = serve_rounds(spec, CohortPolicy("off"), 1, MessageType.EVALUATE)
     assert_replies_close(cohort[0], alone[0])
