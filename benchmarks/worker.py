@@ -6,6 +6,9 @@ that run's alone, and Flower's engine, which shuts Ray down when it ends, cannot
 the next measurement. Round times are taken where the round loop starts a round (the
 participation pattern is asked who is reachable) and where it ends (the round-end
 callback), so they include everything fedsim does per round, result writing included.
+
+Ray is imported only by the ways that use it (``fedsim``, ``fedsim+cohort``, ``flower``):
+the plain loop and the inline ways run where Ray is not installed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 
 from benchmarks.measure import GpuSampler, MemorySampler, tree_cpu_seconds
 from benchmarks.plain_loop import run_plain
+from benchmarks.workloads import ENGINE_OF
 from fedsim.config import scenario_from_dict
 from fedsim.results import RunWriter
 from fedsim.runner import Prepared, RunControl, prepare
@@ -66,12 +70,21 @@ class RoundEnds:
         return (self.cpu["end"] - self.cpu["start"]) / (self.last - self.warmup)
 
 
-def _grid_recorder() -> list[Any]:
-    """Make fedsim's runner build RayGrids that this process can read the ``stats`` of."""
-    from fedsim.engine import ray_grid
+def _grid_recorder(kind: str) -> list[Any]:
+    """Make fedsim's runner build grids (``RayGrid``, or ``InlineGrid`` for ``kind =
+    "inline"``) that this process can read the ``stats`` of; importing the inline one
+    does not import Ray."""
+    module: Any
+    if kind == "inline":
+        from fedsim.engine import inline_grid as module
 
+        name = "InlineGrid"
+    else:
+        from fedsim.engine import ray_grid as module
+
+        name = "RayGrid"
     grids: list[Any] = []
-    base = ray_grid.RayGrid
+    base = getattr(module, name)
 
     class RecordedGrid(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -80,18 +93,19 @@ def _grid_recorder() -> list[Any]:
             self.created_s = time.perf_counter() - started
             grids.append(self)
 
-    ray_grid.RayGrid = RecordedGrid  # type: ignore[misc]
+    setattr(module, name, RecordedGrid)
     return grids
 
 
 def _engine(
     way: str, prepared: Prepared, writer: RunWriter, spec: dict[str, Any], clock: RoundEnds
 ) -> dict[str, Any]:
-    """Run fedsim's (Ray or inline) or Flower's engine; returns final arrays and per-round
-    grid stats."""
+    """Run fedsim's (Ray or inline) or Flower's engine; returns final arrays, per-round
+    grid stats and the run's cohort counts."""
     from fedsim.runner import run_inline, run_on_flower, run_on_ray
 
-    grids = _grid_recorder()
+    kind, _ = ENGINE_OF[way]
+    grids = _grid_recorder(kind) if kind != "flower" else []
     stats: dict[int, dict[str, float]] = {}
 
     def on_round_end(rnd: int, _accuracy: float | None) -> None:
@@ -101,10 +115,14 @@ def _engine(
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     started = time.perf_counter()
-    if way == "inline":  # no Ray: the driver serves the clients
+    if kind == "inline":  # no Ray: the driver serves the clients
         arrays = run_inline(prepared, writer, RunControl(on_round_end=on_round_end))
-        final = {name: arrays[name].numpy() for name in arrays}
-        return {"final": final, "started": started, "stats": {}}
+        return {
+            "final": {name: arrays[name].numpy() for name in arrays},
+            "started": started,
+            "stats": stats,
+            "cohort": _cohort_counts(grids),
+        }
     import ray
 
     ray.init(
@@ -114,7 +132,7 @@ def _engine(
         logging_level=logging.ERROR,
     )
     ray_s = time.perf_counter() - started
-    engine = run_on_ray if way == "fedsim" else run_on_flower
+    engine = run_on_ray if kind == "ray" else run_on_flower
     arrays = engine(prepared, writer, RunControl(on_round_end=on_round_end))
     if ray.is_initialized():
         ray.shutdown()
@@ -125,7 +143,21 @@ def _engine(
         "ray_s": ray_s,
         "actors_s": grids[-1].created_s if grids else None,
         "contexts": len(grids[-1].contexts) if grids else None,
+        "cohort": _cohort_counts(grids),
     }
+
+
+def _cohort_counts(grids: list[Any]) -> dict[str, Any] | None:
+    """Messages served, and those served in cohorts, over the whole run (the grid's
+    counters), and the reasons messages were served one at a time."""
+    if not grids:
+        return None
+    grid = grids[-1]
+    counts: dict[str, Any] = {
+        k: grid.stats.get(k, 0.0) for k in ("train_served", "cohort_train", "cohort_passes")
+    }
+    fallbacks = dict(getattr(grid, "cohort_fallbacks", {}) or {})
+    return {**counts, "fallbacks": fallbacks} if fallbacks else counts
 
 
 def _plain(prepared: Prepared, device: str, clock: RoundEnds) -> dict[str, Any]:
@@ -187,6 +219,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if device == "cuda" and warm:
         result.update(gpu.summary(pattern.starts[warm[0]], clock.ends[warm[-1]]))
+    if device == "cuda" and torch.cuda.is_available():
+        result["torch_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    result["cohort"] = out.get("cohort")
     if way == "plain":
         result["plain_phases"] = out["phases"]
     else:

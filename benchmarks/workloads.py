@@ -2,6 +2,8 @@
 
 - ``small``: an MLP on MNIST-1D, 100 clients, 10 per round, 5 local steps: per-message
   overhead shows here, since each client trains for a few milliseconds only.
+- ``small-50``: the same with 50 clients per round, where cohort training (issue 14)
+  has more clients to train in one vectorised pass.
 - ``cifar``: the shape of pfl-research's CIFAR-10 benchmark (Granqvist et al., "pfl-research:
   simulation framework for accelerating research in Private Federated Learning",
   https://arxiv.org/abs/2404.06430): 1000 clients × 50 images, 50 per round, one local
@@ -12,11 +14,18 @@
 
 Every scenario turns central evaluation and checkpoints off (the plain loop does neither)
 and keeps fedsim's result writing, which is part of what fedsim costs.
+
+The ways (:data:`ENGINE_OF`): ``plain`` (:mod:`benchmarks.plain_loop`); fedsim's Ray
+engine one message at a time (``fedsim``, ``engine.cohort = "off"``) and with cohort
+training (``fedsim+cohort``, ``"auto"``); its inline engine the same two ways (``inline``,
+``inline+cohort``); and Flower's ``run_simulation`` (``flower``). Every way sets
+``engine.cohort`` explicitly, so the baselines stay one-at-a-time whatever the default.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +34,22 @@ import numpy as np
 
 from fedsim.seeding import rng
 
-WAYS = ("plain", "fedsim", "flower")
+# way -> (engine.kind, engine.cohort); the plain loop uses neither.
+ENGINE_OF: dict[str, tuple[str, str]] = {
+    "fedsim": ("ray", "off"),
+    "fedsim+cohort": ("ray", "auto"),
+    "inline": ("inline", "off"),
+    "inline+cohort": ("inline", "auto"),
+    "flower": ("flower", "off"),
+}
+# Ways that need Ray (Flower's run_simulation runs on Ray too).
+RAY_WAYS = frozenset(way for way, (kind, _) in ENGINE_OF.items() if kind != "inline")
+COHORT_WAYS = frozenset(way for way, (_, cohort) in ENGINE_OF.items() if cohort != "off")
+WAYS = ("plain", "fedsim", "fedsim+cohort", "flower")
 # With one worker, fedsim's inline engine (the driver serves the clients, no Ray) as well.
-ONE_WORKER_WAYS = ("plain", "fedsim", "inline", "flower")
+ONE_WORKER_WAYS = ("plain", "fedsim", "fedsim+cohort", "inline", "inline+cohort", "flower")
+# What runs where Ray is not installed.
+INLINE_WAYS = ("plain", "inline", "inline+cohort")
 
 
 @dataclass(frozen=True)
@@ -55,10 +77,17 @@ class Workload:
     def measured_rounds(self) -> int:
         return self.rounds - self.warmup
 
-    def with_engine(self, cpus: float, device: str) -> dict[str, Any]:
-        """The scenario with engine resources set: ``actors`` workers sharing ``cpus``.
+    def with_engine(self, cpus: float, device: str, way: str | None = None) -> dict[str, Any]:
+        """The scenario with engine resources set: ``actors`` workers sharing ``cpus``;
+        with ``way``, also the engine kind and ``engine.cohort`` of that way.
 
         On a GPU every actor asks for ``1 / actors`` of it (``num_gpus_per_client``).
+
+        >>> w = small(rounds=3, warmup=1, actors=1)
+        >>> [w.with_engine(2, "cpu", x)["engine"]["cohort"] for x in ("fedsim", "inline+cohort")]
+        ['off', 'auto']
+        >>> w.with_engine(2, "cpu", "inline+cohort")["engine"]["kind"]
+        'inline'
         """
         scenario = copy.deepcopy(self.scenario)
         engine = scenario.setdefault("engine", {})
@@ -68,6 +97,8 @@ class Workload:
             engine["num_gpus_per_client"] = 1.0 / self.actors
         scenario.setdefault("client", {})["device"] = device
         engine["server_device"] = device
+        if way is not None and way != "plain":
+            engine["kind"], engine["cohort"] = ENGINE_OF[way]
         return scenario
 
 
@@ -112,6 +143,26 @@ def write_cifar_like(path: Path, num_train: int, num_test: int, seed: int = 0) -
     return path
 
 
+def cifar_data(folder: Path, clients: int, num_test: int, write: bool = True) -> Path:
+    """The CIFAR-shaped data of ``clients`` clients of 50 images, in ``folder``: written once
+    (atomically: a run cut short leaves no half file), then reused.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = cifar_data(Path(folder.name), 2, 5)
+    >>> path.name, cifar_data(Path(folder.name), 2, 5) == path
+    ('cifar-2x50-test5.npz', True)
+    >>> folder.cleanup()
+    """
+    path = folder / f"cifar-{clients}x50-test{num_test}.npz"
+    if write and not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{path.name}.{os.getpid()}.partial.npz"
+        write_cifar_like(partial, clients * 50, num_test)
+        partial.replace(path)
+    return path
+
+
 def write_vectors(path: Path, num_train: int, features: int, seed: int = 0) -> Path:
     """Small random vectors in 10 classes as ``.npz`` (the data of the scale workload)."""
     generator = rng(seed, "benchmark-vectors")
@@ -122,30 +173,40 @@ def write_vectors(path: Path, num_train: int, features: int, seed: int = 0) -> P
     return path
 
 
-def small(rounds: int, warmup: int, actors: int) -> Workload:
+def small(
+    rounds: int,
+    warmup: int,
+    actors: int,
+    per_round: int = 10,
+    ways: tuple[str, ...] | None = None,
+) -> Workload:
+    """``small`` (10 clients per round) or, with ``per_round = 50``, ``small-50``.
+
+    >>> small(3, 1, 1).name, small(3, 1, 2, per_round=50).name
+    ('small-1a', 'small-50-2a')
+    """
     scenario = base_scenario(
-        "small",
+        "small" if per_round == 10 else f"small-{per_round}",
         rounds,
         {"dataset": "mnist1d", "num_clients": 100, "partition": "iid"},
         model={"name": "mlp", "hidden": [200, 200]},
         client={"local_steps": 5, "batch_size": 32, "lr": 0.05},
-        participation={"pattern": "uniform", "clients_per_round": 10},
+        participation={"pattern": "uniform", "clients_per_round": per_round},
     )
     return Workload(
-        f"small-{actors}a",
+        f"small-{actors}a" if per_round == 10 else f"small-{per_round}-{actors}a",
         scenario,
         warmup,
         actors,
-        ways=ONE_WORKER_WAYS if actors == 1 else WAYS,
-        note="MLP 200-200 on MNIST-1D, 100 clients, 10/round, 5 steps of 32",
-        group="small",
+        ways=ways or (ONE_WORKER_WAYS if actors == 1 else WAYS),
+        note=f"MLP 200-200 on MNIST-1D, 100 clients, {per_round}/round, 5 steps of 32",
+        group="small" if per_round == 10 else f"small-{per_round}",
     )
 
 
-def cifar(
-    data: Path, clients: int, per_round: int, rounds: int, warmup: int, actors: int, ways: tuple
-) -> Workload:
-    scenario = base_scenario(
+def cifar_scenario(data: Path, clients: int, per_round: int, rounds: int) -> dict[str, Any]:
+    """pfl-research's CIFAR-10 shape as a fedsim scenario (evaluation and checkpoints off)."""
+    return base_scenario(
         "cifar",
         rounds,
         {"dataset": "npz", "path": str(data), "num_clients": clients, "partition": "iid"},
@@ -153,6 +214,18 @@ def cifar(
         client={"local_epochs": 1, "batch_size": 10, "lr": 0.05},
         participation={"pattern": "uniform", "clients_per_round": per_round},
     )
+
+
+def cifar(
+    data: Path,
+    clients: int,
+    per_round: int,
+    rounds: int,
+    warmup: int,
+    actors: int,
+    ways: tuple[str, ...],
+) -> Workload:
+    scenario = cifar_scenario(data, clients, per_round, rounds)
     return Workload(
         f"cifar-{actors}a",
         scenario,
