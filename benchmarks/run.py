@@ -46,7 +46,6 @@ import numpy as np
 from benchmarks.measure import spread
 from benchmarks.workloads import (
     COHORT_WAYS,
-    INLINE_WAYS,
     ONE_WORKER_WAYS,
     RAY_WAYS,
     WAYS,
