@@ -111,8 +111,20 @@ def arrays_from_numpy(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 def _cloudpickle() -> Any:
-    from ray import cloudpickle
+    """The pickler of checkpoints: cloudpickle (a fedsim dependency), which takes lambdas
+    and classes defined in plugin files; Ray's bundled copy or plain pickle if it is missing.
 
+    No Ray needed: the inline engine checkpoints without it. Every checkpoint loads with
+    plain ``pickle``; one written by an older fedsim through Ray's copy needs Ray installed
+    only if it holds an object pickled by value (a function or a plugin file's class).
+    """
+    try:
+        import cloudpickle
+    except ImportError:
+        try:
+            from ray import cloudpickle
+        except ImportError:
+            return pickle
     return cloudpickle
 
 

@@ -8,13 +8,17 @@ naming the scenario file, the key and what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from fedsim.errors import ScenarioError
+
+_BY_VALUE: list[ModuleType] = []  # plugin files loaded in this process
 
 
 def is_file_reference(spec: str) -> bool:
@@ -57,10 +61,37 @@ def load_object(spec: str, *, base_dir: str | Path, source: str | Path, key: str
             raise ScenarioError(
                 source, key, f"a file that imports cleanly ({type(error).__name__}: {error})"
             ) from error
-        # Ray workers cannot import this module by name: ship its objects by value.
-        from ray import cloudpickle
-
-        cloudpickle.register_pickle_by_value(module)
+        _pickle_by_value(module)
     if not hasattr(module, name):
         raise ScenarioError(source, key, f"{path.name} to define {name!r}", got=spec)
     return getattr(module, name)
+
+
+def _pickle_by_value(module: ModuleType) -> None:
+    """Pickle ``module``'s objects by value: nothing else can import it by name.
+
+    Registered with cloudpickle (checkpoints) now, and with Ray's own copy of it (a
+    ClientApp or a model factory sent to Ray workers) now where Ray is installed; where
+    it is not, nothing goes to Ray workers.
+    """
+    _BY_VALUE.append(module)
+    try:
+        import cloudpickle
+    except ImportError:  # then checkpoints pickle with plain pickle (fedsim.checkpoint)
+        pass
+    else:
+        cloudpickle.register_pickle_by_value(module)
+    # TODO(issue 14): once fedsim.runner calls pickle_plugins_for_ray() after importing
+    # Ray, register here only `if "ray" in sys.modules`, so the inline engine never
+    # imports Ray.
+    with contextlib.suppress(ImportError):
+        pickle_plugins_for_ray()
+
+
+def pickle_plugins_for_ray() -> None:
+    """Have Ray pickle every plugin file loaded so far by value; call after ``import ray``,
+    before sending a plugin's object to a Ray worker (later plugins register themselves)."""
+    from ray import cloudpickle
+
+    for module in _BY_VALUE:
+        cloudpickle.register_pickle_by_value(module)

@@ -58,6 +58,7 @@ from fedsim.config import (
     scenario_from_dict,
 )
 from fedsim.errors import FedsimError, ScenarioError
+from fedsim.plugins import pickle_plugins_for_ray
 from fedsim.results import SCENARIO_FILE, SUMMARY_FILE, atomic_write_bytes
 
 MANIFEST_FILE = "sweep.json"
@@ -587,6 +588,7 @@ def _ray_runtime(scenario: Scenario) -> Iterator[str]:
     """
     import ray
 
+    pickle_plugins_for_ray()  # loaded while planning, before Ray was imported
     started = not ray.is_initialized()
     if started:
         ray.init(
