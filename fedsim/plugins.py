@@ -8,7 +8,6 @@ naming the scenario file, the key and what was expected.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import sys
@@ -81,10 +80,7 @@ def _pickle_by_value(module: ModuleType) -> None:
         pass
     else:
         cloudpickle.register_pickle_by_value(module)
-    # TODO(issue 14): once fedsim.runner calls pickle_plugins_for_ray() after importing
-    # Ray, register here only `if "ray" in sys.modules`, so the inline engine never
-    # imports Ray.
-    with contextlib.suppress(ImportError):
+    if "ray" in sys.modules:  # a plugin loaded after the engine imported Ray
         pickle_plugins_for_ray()
 
 

@@ -62,7 +62,7 @@ from fedsim.partition import (
     partition_indices,
     split_each,
 )
-from fedsim.plugins import load_object
+from fedsim.plugins import load_object, pickle_plugins_for_ray
 from fedsim.results import FINAL_MODEL_FILE, SCENARIO_FILE, RunWriter, atomic_write_bytes
 from fedsim.seeding import rng
 from fedsim.strategies import build_strategy, declared_parameters, resolve_strategy_class
@@ -726,6 +726,8 @@ def cohort_policy(scenario: Scenario) -> CohortPolicy:
 def run_on_ray(prepared: Prepared, writer: RunWriter, control: RunControl) -> ArrayRecord:
     import ray
 
+    pickle_plugins_for_ray()
+
     from fedsim.engine.ray_grid import RayGrid
 
     scenario = prepared.scenario
@@ -775,6 +777,8 @@ def run_on_flower(prepared: Prepared, writer: RunWriter, control: RunControl) ->
     """The same scenario through Flower's own ``run_simulation`` (for parity checks)."""
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
+
+    pickle_plugins_for_ray()
 
     scenario = prepared.scenario
     outcome: dict[str, Any] = {}
