@@ -53,6 +53,7 @@ from fedsim.device import (
     device_to_host,
     host_to_device,
     load_arrays,
+    numpy_dtype,
     resolve_device,
     state_to_record,
 )
@@ -116,6 +117,7 @@ class _Workspace:
         self.spec = spec
         self._problem: list[str | None] = []  # computed on first use
         self._bytes_per_client: dict[str, int] = {}
+        self._budget_mb: list[float] = []  # the default budget, fixed when first needed
         self._resident: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray] | None] = {}
 
     def _example(self, batch_size: int) -> torch.Tensor:
@@ -124,7 +126,11 @@ class _Workspace:
     def cohort_problem(self) -> str | None:
         """Why this model cannot be trained as a cohort (None: it can); checked once."""
         if not self._problem:
-            self._problem.append(vectorisation_problem(self.model, self._example(2)))
+            odd = [
+                t.dtype for t in self.model.state_dict().values() if numpy_dtype(t.dtype) is None
+            ]
+            problem = f"{odd[0]} tensors have no numpy dtype to stack on the host" if odd else None
+            self._problem.append(problem or vectorisation_problem(self.model, self._example(2)))
         return self._problem[0]
 
     def cohort_size(
@@ -140,7 +146,9 @@ class _Workspace:
             self._bytes_per_client[message_type] = cohort_bytes_per_client(
                 self.model, self._example(batch)
             )
-        budget = memory_mb if memory_mb is not None else default_cohort_memory_mb(self.device)
+        if memory_mb is None and not self._budget_mb:
+            self._budget_mb.append(default_cohort_memory_mb(self.device))
+        budget = memory_mb if memory_mb is not None else self._budget_mb[0]
         return cohort_capacity(self._bytes_per_client[message_type], budget, max_clients)
 
     def rows(self, split: str, clients: list[int]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -188,7 +196,7 @@ class _Workspace:
                 if view.shape != tuple(tensor.shape):
                     raise ValueError(f"{name}: shape {view.shape}, model {tuple(tensor.shape)}")
                 rows.append(view)
-            views.append(np.stack(rows).astype(_numpy_dtype(tensor), copy=False))
+            views.append(np.stack(rows).astype(numpy_dtype(tensor.dtype), copy=False))
         loaded = host_to_device(views, self.device)
         if len(unique) < len(records):
             which = torch.tensor([distinct[id(r)] for r in records], device=self.device)
@@ -218,10 +226,6 @@ def default_cohort_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] / 2 / (1 << 20)
     return CPU_COHORT_MEMORY_MB
-
-
-def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
-    return torch.empty(0, dtype=tensor.dtype).numpy().dtype
 
 
 _WORKSPACES: dict[ClientSpec, _Workspace] = {}

@@ -52,7 +52,7 @@ class _Staging:
 
 
 @functools.cache
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype | None:
+def numpy_dtype(dtype: torch.dtype) -> np.dtype | None:
     """The numpy dtype of a torch dtype (None where numpy has none, e.g. bfloat16)."""
     try:
         return torch.empty(0, dtype=dtype).numpy().dtype
@@ -95,7 +95,7 @@ def staged_numpy(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     host_np = host.numpy()
     out = []
     for offset, tensor in zip(offsets, tensors, strict=True):
-        dtype = _numpy_dtype(tensor.dtype)
+        dtype = numpy_dtype(tensor.dtype)
         assert dtype is not None
         size = tensor.numel() * tensor.element_size()
         out.append(host_np[offset : offset + size].view(dtype).reshape(tuple(tensor.shape)))
@@ -121,7 +121,7 @@ def load_arrays(model: torch.nn.Module, arrays: ArrayRecord) -> None:
         for name, tensor in state.items():
             np.copyto(tensor.numpy(), views[name], casting="unsafe")
     elif len({t.device for t in tensors}) == 1 and all(
-        views[name].dtype == _numpy_dtype(tensor.dtype) for name, tensor in state.items()
+        views[name].dtype == numpy_dtype(tensor.dtype) for name, tensor in state.items()
     ):
         staged_load(tensors, [views[name] for name in state])
     else:
@@ -138,7 +138,7 @@ def state_to_record(model: torch.nn.Module) -> ArrayRecord:
         tensors
         and len({t.device for t in tensors}) == 1
         and tensors[0].device.type != "cpu"
-        and all(_numpy_dtype(t.dtype) is not None for t in tensors)
+        and all(numpy_dtype(t.dtype) is not None for t in tensors)
     ):
         arrays = staged_numpy(tensors)
     else:
@@ -157,11 +157,7 @@ def host_to_device(views: list[np.ndarray], device: torch.device) -> list[torch.
         torch.empty(view.shape, dtype=torch.from_numpy(view[:0].copy()).dtype, device=device)
         for view in views
     ]
-    if all(_numpy_dtype(t.dtype) == v.dtype for t, v in zip(tensors, views, strict=True)):
-        staged_load(tensors, views)
-    else:
-        for tensor, view in zip(tensors, views, strict=True):
-            tensor.copy_(torch.from_numpy(np.array(view)))
+    staged_load(tensors, views)
     return tensors
 
 
