@@ -58,6 +58,7 @@ from benchmarks.workloads import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+HIDE_RAY = ROOT / "benchmarks" / "hide_ray"  # a sitecustomize that makes `import ray` fail
 GROUPS = ("small", "cifar", "scale")
 # Also selectable with --workloads: one of the two workloads of the small group.
 SUBGROUPS = ("small-10", "small-50")
@@ -201,9 +202,16 @@ def plan(
 
 
 def run_one(
-    workload: Workload, way: str, rep: int, work: Path, cpus: int, device: str
+    workload: Workload,
+    way: str,
+    rep: int,
+    work: Path,
+    cpus: int,
+    device: str,
+    hide_ray: bool = False,
 ) -> dict[str, Any]:
-    """One measurement in a fresh process (see :mod:`benchmarks.worker`)."""
+    """One measurement in a fresh process (see :mod:`benchmarks.worker`); ``hide_ray``:
+    one where Ray cannot be imported (:mod:`benchmarks.hide_ray`)."""
     name = f"{workload.name}-{way}-{rep}"
     spec: dict[str, Any] = {
         "workload": workload.name,
@@ -218,9 +226,10 @@ def run_one(
     }
     spec_path, result_path = work / f"{name}.spec.json", work / f"{name}.result.json"
     spec_path.write_text(json.dumps(spec))
+    paths = [str(HIDE_RAY)] if hide_ray else []
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([*paths, str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.worker", str(spec_path), str(result_path)],
@@ -537,6 +546,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="folder for the generated data sets, kept and reused (default: a temporary one)",
     )
+    parser.add_argument(
+        "--hide-ray",
+        action="store_true",
+        help="run as if Ray were not installed (rehearses a GPU machine with torch only)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"))
     return parser.parse_args(argv)
 
@@ -568,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     reps = args.reps or (1 if args.quick else 3)
     groups = [g.strip() for g in args.workloads.split(",") if g.strip()]
     only = {w.strip() for w in args.ways.split(",") if w.strip()}
-    have_ray = ray_available()
+    have_ray = ray_available() and not args.hide_ray
     args.out.mkdir(parents=True, exist_ok=True)
     header = (
         f"fedsim benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {machine()}\n"
@@ -579,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     profiles: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
     raw: list[dict[str, Any]] = []
     log = args.out / "runs.jsonl"
     log.write_text("")
@@ -598,7 +613,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 for rep in range(reps):
                     shift = rep % len(workload.ways)
                     for way in workload.ways[shift:] + workload.ways[:shift]:
-                        result = run_one(workload, way, rep, work, args.cpus, args.device)
+                        result = run_one(
+                            workload, way, rep, work, args.cpus, args.device, args.hide_ray
+                        )
                         print(
                             f"  {workload.name} rep {rep} {way}: "
                             f"{per_round_ms(result):.1f} ms/round, "
@@ -616,13 +633,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                         raw.append(kept)
                         with log.open("a") as handle:
                             handle.write(json.dumps(kept) + "\n")
-                summary = summarise(workload, results, args.device)
-                for row in summary:
-                    row["note"] = "; ".join(x for x in (row["note"], args.note) if x)
+                    # The tables so far, after every repetition: a run cut short keeps them.
+                    summary = summarise(workload, results, args.device)
+                    for row in summary:
+                        row["note"] = "; ".join(x for x in (row["note"], args.note) if x)
+                    checks = targets(rows + summary, args.device)
+                    write_tables(
+                        args.out, rows + summary, profiles + profile(workload, results), checks
+                    )
                 rows += summary
                 profiles += profile(workload, results)
-                checks = targets(rows, args.device)
-                write_tables(args.out, rows, profiles, checks)
     write_tables(args.out, rows, profiles, checks)
     (args.out / "raw.json").write_text(json.dumps({"header": header, "runs": raw}, indent=1))
     shown = [
