@@ -20,10 +20,11 @@
 # bench/ (results.csv, profile.csv, targets.csv, runs.jsonl), full.log, full/ (full.csv).
 #
 # Settings (environment): OUT, PYTHON (python3), DEVICE (cuda), REPS (3), BUDGET_S (420),
-# DATA (/tmp/fedsim-bench-data: the generated data set, reused), QUICK=1 (tiny sizes),
-# HIDE_RAY=1 (make `import ray` fail, as on the GPU machine). A dry run on a CPU machine:
+# DATA (/tmp/fedsim-bench-data: the generated data set, reused), WHEELS (.whl; empty: none),
+# SITE (/tmp/site: where they go), QUICK=1 (tiny sizes), HIDE_RAY=1 (make `import ray`
+# fail, as on the GPU machine). A dry run on a CPU machine (the wheels are for Python 3.12):
 #
-#     DEVICE=cpu QUICK=1 HIDE_RAY=1 PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
+#     DEVICE=cpu QUICK=1 HIDE_RAY=1 WHEELS= PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
 
 set -u
 set -o pipefail
@@ -37,6 +38,8 @@ BUDGET_S=${BUDGET_S:-420}
 DATA=${DATA:-/tmp/fedsim-bench-data}
 QUICK=${QUICK:-0}
 HIDE_RAY=${HIDE_RAY:-0}
+WHEELS=${WHEELS-.whl}
+SITE=${SITE:-/tmp/site}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 SECONDS=0
@@ -57,18 +60,18 @@ record() {  # record NAME STATUS
 }
 
 # 1. Wheels (fedsim's dependencies that the image lacks), into a folder of their own.
-if compgen -G ".whl/*.whl" >/dev/null; then
-    note "installing $(ls .whl/*.whl | wc -l) wheels from .whl into /tmp/site"
+if [[ -n $WHEELS ]] && compgen -G "$WHEELS/*.whl" >/dev/null; then
+    note "installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE"
     if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl >"$OUT/pip.log" 2>&1; then
+        --target "$SITE" "$WHEELS"/*.whl >"$OUT/pip.log" 2>&1; then
         record wheels 0
     else
         record wheels $?
         tail -20 "$OUT/pip.log"
     fi
-    export PYTHONPATH=/tmp/site:$ROOT
+    export PYTHONPATH=$SITE:$ROOT
 else
-    note "no .whl folder: using what $PYTHON has"
+    note "no wheels to install (WHEELS=$WHEELS): using what $PYTHON has"
     export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [[ $HIDE_RAY == 1 ]]; then

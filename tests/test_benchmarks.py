@@ -150,7 +150,7 @@ def test_full_cifar_runs_and_records_its_row(tmp_path: Path) -> None:
     """``python -m benchmarks.full_cifar --quick``: a tiny version of the 1500-round run,
     in this process, on the CPU."""
     row = full_cifar.main(["--quick", "--device", "cpu", "--out", str(tmp_path)])
-    assert (row["rounds"], row["rounds_done"], row["stopped"]) == (6, 6, False)
+    assert (row["rounds"], row["rounds_done"], row["stopped"], row["met"]) == (6, 6, False, None)
     assert row["evaluations"] == 3 and row["cohort_share"] == 1.0  # rounds 0 (initial), 3, 6
     assert row["wall_s"] > 0 and row["steady_round_ms"] > 0 and row["evaluate_s"] > 0
     with (tmp_path / "full.csv").open() as handle:
