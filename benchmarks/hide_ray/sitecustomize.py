@@ -22,5 +22,6 @@ class NoRay:
         return None
 
 
-if "ray" not in sys.modules:
+# Only as Python's start-up hook (not when a tool imports this file under another name).
+if __name__ == "sitecustomize" and "ray" not in sys.modules:
     sys.meta_path.insert(0, NoRay())
