@@ -17,10 +17,11 @@ It records (``full.csv``, ``full.json`` in ``--out``, and the run's own folder `
   included: 151 for 1500 rounds), the results written;
 - ``first_round_s`` (from the call to the end of round 1: start-up and the first, cold round)
   and ``steady_round_ms`` (the median of fedsim's own per-round timing after round 1), with
-  the sums of fedsim's timing rows (clients, aggregation, central evaluation);
+  the sums of fedsim's timing rows (clients, aggregation, central evaluation: the initial
+  model's evaluation is not in a round's timing);
 - GPU utilisation (mean and max, ``nvidia-smi`` every 200 ms, after round 1) and memory (the
   GPU's peak as ``nvidia-smi`` saw it, and PyTorch's peak allocation), peak host memory;
-- the share of client-rounds trained in cohorts (from the run's summary) and the final
+- the share of client-rounds trained in cohorts (from the run's timing rows) and the final
   central accuracy (synthetic classes with distinct mean images: it should be near 1).
 
 ``--max-seconds`` bounds the rounds' time: when it has passed, the run stops after the
@@ -109,6 +110,10 @@ def timing(run_dir: Path, after: int) -> dict[str, float]:
         for name in ("clients_s", "aggregate_s", "evaluate_s")
         if name in by_name
     }
+    # Client-rounds trained in cohorts, of all served (also when the run was stopped).
+    served = float(by_name["train_served"].sum()) if "train_served" in by_name else 0.0
+    if served:
+        out["cohort_share"] = float(by_name["cohort_train"].sum()) / served
     rounds = by_name.get("round_s")
     if rounds is not None:
         later = rounds[rounds.index > after]
@@ -200,8 +205,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     full_size = (args.clients, args.per_round, args.rounds, args.every) == (1000, 50, 1500, 10)
     row["met"] = ((not stopped) and wall <= TARGET_S) if full_size else None
     row.update(timing(run_dir, after=1))
-    served = summary.get("client_rounds")
-    row["cohort_share"] = summary.get("cohort_client_rounds", 0) / served if served else None
     row["final_accuracy"] = summary.get("final_accuracy")
     if 1 in ends and done > 1:
         row.update(gpu.summary(ends[1], ends[done]))
