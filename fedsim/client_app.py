@@ -69,6 +69,7 @@ from fedsim.training import (
     evaluation_batches,
     local_sgd,
     round_batches,
+    slower_as_cohort,
     vectorisation_problem,
 )
 
@@ -420,6 +421,8 @@ class FedsimClientApp(ClientApp):
             return 1, None
         work = _workspace(self.spec)
         problem = work.cohort_problem()
+        if problem is None and max_clients is None:
+            problem = slower_as_cohort(work.model, work.device)
         if problem is not None:
             return 1, problem
         return work.cohort_size(message_type, max_clients, memory_mb), None

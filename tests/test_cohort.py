@@ -175,7 +175,8 @@ def test_cohort_training_equals_one_at_a_time_for_every_builtin_model(
     batches, 2 to 3 steps), two rounds (the stream goes on to its next epoch)."""
     model, shape = MODELS[label]
     spec = spec_for(write_store(tmp_path / "store", shape, SIZES), model, shape, device)
-    cohort_grid, cohort = serve_rounds(spec, CohortPolicy("auto"), rounds=2)
+    # A number, not "auto": on the CPU "auto" trains 2-D convolutions one at a time.
+    cohort_grid, cohort = serve_rounds(spec, CohortPolicy(len(SIZES)), rounds=2)
     alone_grid, alone = serve_rounds(spec, CohortPolicy("off"), rounds=2)
     for round_cohort, round_alone in zip(cohort, alone, strict=True):
         assert_replies_close(round_cohort, round_alone)
@@ -236,6 +237,19 @@ def test_evaluation_cohort_equals_one_at_a_time(
     assert_replies_close(cohort[0], alone[0])
     assert [r.content["metrics"][keys.NUM_EXAMPLES] for r in cohort[0]] == [2, 3, 4, 5]
     assert cohort_grid.stats["cohort_evaluate"] == len(SIZES)
+
+
+def test_auto_trains_2d_convolutions_one_at_a_time_on_the_cpu(
+    tmp_path: Path, flower_identity: None
+) -> None:
+    """Grouped convolutions are slower than sequential ones on the CPU: "auto" says so
+    and serves one message at a time; a number forces cohorts (the test above)."""
+    model, shape = MODELS["lenet5"]
+    spec = spec_for(write_store(tmp_path / "store", shape, SIZES), model, shape)
+    grid, _ = serve_rounds(spec, CohortPolicy("auto"), rounds=1)
+    assert grid.stats["cohort_train"] == 0
+    (reason,) = grid.cohort_fallbacks
+    assert reason.startswith("auto: Conv2d trains faster one client at a time on the CPU")
 
 
 def test_batchnorm_model_falls_back_and_says_why(tmp_path: Path, flower_identity: None) -> None:
