@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +72,28 @@ def array_to_numpy(array: Array) -> np.ndarray:
     return array.numpy()
 
 
+# Rows of at least this many bytes are filled by up to _COPY_THREADS threads (numpy's
+# copies release the GIL).
+_PARALLEL_BYTES = 16 << 20
+_COPY_THREADS = min(8, os.cpu_count() or 1)
+
+
+class _HostRows:
+    """One host buffer per process for rows on their way to an accelerator, pinned so that
+    the transfer runs at full speed, and reused so that its pages are not faulted in anew
+    every round."""
+
+    buffer: torch.Tensor | None = None
+
+    @classmethod
+    def take(cls, count: int, size: int) -> torch.Tensor:
+        needed = count * size
+        if cls.buffer is None or cls.buffer.numel() < needed:
+            pin = torch.cuda.is_available()
+            cls.buffer = torch.empty(max(needed, 1), dtype=torch.float32, pin_memory=pin)
+        return cls.buffer[:needed].view(count, size)
+
+
 @dataclass(frozen=True)
 class Layout:
     """Names, shapes and dtypes of the arrays in a record, in record order.
@@ -111,15 +135,24 @@ class Layout:
     ) -> torch.Tensor:
         """Several records as the rows of one ``(len(records), size)`` float32 tensor.
 
-        Each array is read in place from its bytes and copied once, into the rows.
+        Each array is read in place from its bytes and copied once, into the rows; for an
+        accelerator the rows are a reused pinned host buffer, filled by a few threads
+        when large (a round of 50 CIFAR CNNs is 110 MB), then sent in one transfer.
         """
-        rows = np.empty((len(records), self.size), np.float32)
-        for row, record in zip(rows, records, strict=True):
+        for record in records:
             if tuple(record.keys()) != self.names:
                 raise ValueError(
                     f"record keys {list(record.keys())} differ from {list(self.names)}"
                 )
-            offset = 0
+        target = torch.device(device)
+        if target.type == "cpu":
+            rows_tensor = torch.from_numpy(np.empty((len(records), self.size), np.float32))
+        else:
+            rows_tensor = _HostRows.take(len(records), self.size)
+        rows = rows_tensor.numpy()
+
+        def fill(index: int) -> None:
+            row, record, offset = rows[index], records[index], 0
             for name, size in zip(self.names, self.sizes, strict=True):
                 np.copyto(
                     row[offset : offset + size],
@@ -127,7 +160,15 @@ class Layout:
                     casting="unsafe",
                 )
                 offset += size
-        return torch.from_numpy(rows).to(device)
+
+        if rows.nbytes >= _PARALLEL_BYTES and len(records) > 1:
+            with ThreadPoolExecutor(min(_COPY_THREADS, len(records))) as pool:
+                list(pool.map(fill, range(len(records))))
+        else:
+            for index in range(len(records)):
+                fill(index)
+        # From the reused buffer the copy is synchronous: the next round may refill it.
+        return rows_tensor if target.type == "cpu" else rows_tensor.to(target)
 
     def to_record(self, vector: torch.Tensor) -> ArrayRecord:
         """Back to an ``ArrayRecord``; integer arrays (e.g. BatchNorm counters) are rounded."""

@@ -157,6 +157,14 @@ MODELS: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
 }
 
 
+@pytest.fixture
+def float32_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyTorch runs CUDA convolutions in TF32 by default (about 1e-3 relative, in both
+    modes, with different algorithms): compare cohorts on CUDA in full float32 (matrix
+    products already are: torch.get_float32_matmul_precision() is "highest")."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 CUDA = pytest.param(
     "cuda",
     marks=[
@@ -169,7 +177,7 @@ CUDA = pytest.param(
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("label", sorted(MODELS))
 def test_cohort_training_equals_one_at_a_time_for_every_builtin_model(
-    tmp_path: Path, flower_identity: None, label: str, device: str
+    tmp_path: Path, flower_identity: None, float32_arithmetic: None, label: str, device: str
 ) -> None:
     """Momentum and weight decay, one local epoch over unequal clients (short last
     batches, 2 to 3 steps), two rounds (the stream goes on to its next epoch)."""
@@ -228,7 +236,7 @@ def test_smooth_model_without_momentum_matches_to_float32_rounding(
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 def test_evaluation_cohort_equals_one_at_a_time(
-    tmp_path: Path, flower_identity: None, device: str
+    tmp_path: Path, flower_identity: None, float32_arithmetic: None, device: str
 ) -> None:
     model, shape = MODELS["fedau-cnn-1d"]
     spec = spec_for(write_store(tmp_path / "store", shape, SIZES), model, shape, device)
