@@ -13,14 +13,17 @@ import functools
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 from flwr.common.constant import SType
+
+T = TypeVar("T")
 
 _NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
 
@@ -76,6 +79,19 @@ def array_to_numpy(array: Array) -> np.ndarray:
 # copies release the GIL).
 _PARALLEL_BYTES = 16 << 20
 _COPY_THREADS = min(8, os.cpu_count() or 1)
+
+
+def copy_in_parallel(copy: Callable[[int], T], count: int, nbytes: int) -> list[T]:
+    """``[copy(0), ..., copy(count - 1)]``, on a few threads when they move ``nbytes`` of
+    at least 16 MiB in all (numpy's copies and large ``bytes`` joins release the GIL).
+
+    >>> copy_in_parallel(lambda i: i * i, 4, nbytes=0), copy_in_parallel(str, 3, nbytes=1 << 30)
+    ([0, 1, 4, 9], ['0', '1', '2'])
+    """
+    if nbytes < _PARALLEL_BYTES or count < 2 or _COPY_THREADS < 2:
+        return [copy(index) for index in range(count)]
+    with ThreadPoolExecutor(min(_COPY_THREADS, count)) as pool:
+        return list(pool.map(copy, range(count)))
 
 
 class _HostRows:
@@ -161,12 +177,7 @@ class Layout:
                 )
                 offset += size
 
-        if rows.nbytes >= _PARALLEL_BYTES and len(records) > 1:
-            with ThreadPoolExecutor(min(_COPY_THREADS, len(records))) as pool:
-                list(pool.map(fill, range(len(records))))
-        else:
-            for index in range(len(records)):
-                fill(index)
+        copy_in_parallel(fill, len(records), rows.nbytes)
         # From the reused buffer the copy is synchronous: the next round may refill it.
         return rows_tensor if target.type == "cpu" else rows_tensor.to(target)
 
