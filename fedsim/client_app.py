@@ -47,7 +47,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedsim import keys
-from fedsim.arrays import array_to_numpy, copy_in_parallel, numpy_to_array
+from fedsim.arrays import array_to_numpy, numpy_to_array
 from fedsim.client_data import ClientDataStore
 from fedsim.device import (
     device_to_host,
@@ -208,16 +208,14 @@ class _Workspace:
     def records(state: Stacked) -> list[ArrayRecord]:
         """One ArrayRecord per client of a stacked state (what state_to_record gives)."""
         host = device_to_host(list(state.values()))
-        names = list(state)
-
-        def record(k: int) -> ArrayRecord:
-            out = ArrayRecord()  # filled in place: ArrayRecord(dict) would copy every Array
-            for name, array in zip(names, host, strict=True):
-                out[name] = numpy_to_array(np.ascontiguousarray(array[k]))
-            return out
-
         count = host[0].shape[0] if host else 0
-        return copy_in_parallel(record, count, sum(array.nbytes for array in host))
+        out = []
+        for k in range(count):
+            record = ArrayRecord()  # filled in place: ArrayRecord(dict) would copy every Array
+            for name, array in zip(state, host, strict=True):
+                record[name] = numpy_to_array(np.ascontiguousarray(array[k]))
+            out.append(record)
+        return out
 
 
 # The CPU's cohort memory budget when engine.cohort_memory_mb is not set; on CUDA, half of
