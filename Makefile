@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedsim-installed
 
-.PHONY: demo test lint venv
+.PHONY: demo test check lint venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -28,3 +28,7 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest fedsim tests strategies -q -m "not gpu"
+
+# The fast inner loop: lint and the tests not marked slow, stopping at the first failure.
+check: lint
+	$(BIN)/python -m pytest fedsim tests strategies -q -x -m "not gpu and not slow"
