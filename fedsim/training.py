@@ -341,52 +341,39 @@ def cohort_sgd(
     for s in range(num_steps):
         grads, step_loss = _gradients(model, state, names, x[index[s]], y[index[s]], mask[s])
         with torch.no_grad():
-            if steps.active[s].all():
-                _sgd_step_all(state, grads, buffers, names, lr, momentum, weight_decay)
-            else:
-                _sgd_step_some(active[s], state, grads, buffers, names, lr, momentum, weight_decay)
+            keep = None if steps.active[s].all() else active[s]
+            _sgd_step(keep, state, grads, buffers, names, (lr, momentum, weight_decay))
         losses.append(step_loss.detach())
     out = torch.stack(losses).cpu().numpy().astype(np.float64)
     out[~steps.active] = np.nan
     return out
 
 
-def _sgd_step_all(
+def _sgd_step(
+    keep: torch.Tensor | None,
     state: Stacked,
     grads: list[torch.Tensor],
     buffers: Stacked,
     names: list[str],
-    lr: float,
-    momentum: float,
-    weight_decay: float,
+    hyper: tuple[float, float, float],
 ) -> None:
-    """``torch.optim.SGD``'s step for every client, in place, a few fused kernels in all."""
+    """``torch.optim.SGD``'s step (``hyper``: lr, momentum, weight decay), in place, for
+    every client (``keep`` None: a few fused kernels in all) or for the clients in
+    ``keep`` only, the others keeping their parameters and momentum (a masked no-op)."""
+    lr, momentum, weight_decay = hyper
     params = [state[name] for name in names]
-    steps = grads  # fresh tensors of this step: safe to edit
-    if weight_decay:
-        torch._foreach_add_(steps, params, alpha=weight_decay)
-    if momentum:
-        velocity = [buffers[name] for name in names]
-        torch._foreach_mul_(velocity, momentum)
-        torch._foreach_add_(velocity, steps)
-        steps = velocity
-    torch._foreach_add_(params, steps, alpha=-lr)
-
-
-def _sgd_step_some(
-    keep: torch.Tensor,
-    state: Stacked,
-    grads: list[torch.Tensor],
-    buffers: Stacked,
-    names: list[str],
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-) -> None:
-    """The same step for the clients in ``keep`` only; the others keep their parameters
-    and momentum (a masked no-op step)."""
-    for name, grad in zip(names, grads, strict=True):
-        param = state[name]
+    if keep is None:
+        steps = grads  # fresh tensors of this step: safe to edit
+        if weight_decay:
+            torch._foreach_add_(steps, params, alpha=weight_decay)
+        if momentum:
+            velocity = [buffers[name] for name in names]
+            torch._foreach_mul_(velocity, momentum)
+            torch._foreach_add_(velocity, steps)
+            steps = velocity
+        torch._foreach_add_(params, steps, alpha=-lr)
+        return
+    for name, param, grad in zip(names, params, grads, strict=True):
         if weight_decay:
             grad = grad.add(param, alpha=weight_decay)
         if momentum:
