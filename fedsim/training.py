@@ -466,20 +466,6 @@ def cohort_capacity(bytes_per_client: int, memory_mb: float, limit: int | None =
     return fits if limit is None else min(fits, limit)
 
 
-def split_evenly(count: int, capacity: int) -> list[int]:
-    """Sizes of the fewest cohorts of at most ``capacity`` holding ``count`` clients, as
-    equal as possible (larger first).
-
-    >>> split_evenly(10, 4), split_evenly(8, 8), split_evenly(0, 3)
-    ([4, 3, 3], [8], [])
-    """
-    parts = math.ceil(count / capacity) if count else 0
-    if not parts:
-        return []
-    size, larger = divmod(count, parts)
-    return [size + 1] * larger + [size] * (parts - larger)
-
-
 __all__ = [
     "CohortSteps",
     "cohort_bytes_per_client",
@@ -491,7 +477,6 @@ __all__ = [
     "local_sgd",
     "round_batches",
     "slower_as_cohort",
-    "split_evenly",
     "stream_batches",
     "trainable",
     "vectorisation_problem",

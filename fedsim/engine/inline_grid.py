@@ -13,9 +13,9 @@ ClientApp with: breakpoints and profilers see the client code.
 What it gives up is isolation: a client that crashes the process (a segfault,
 the out-of-memory killer) ends the run, which resumes from its last checkpoint
 with ``fedsim resume``; and a running client cannot be interrupted, so
-``engine.timeout`` is applied between messages (between cohorts): once it has
-passed, the message (cohort) that overran and every one not yet started get no reply (Flower's
-semantics for late messages). The message that overran did run to its end, so
+``engine.timeout`` is applied between messages (and cohorts): once it has
+passed, the message or cohort that overran and every one not yet started get
+no reply (Flower's semantics for late messages). The message that overran did run to its end, so
 its node's Context keeps what it did, as a real device that answered too late
 would (the Ray engine kills the actor instead, and the Context stays as it was).
 """

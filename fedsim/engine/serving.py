@@ -15,6 +15,7 @@ failure is answered as its own error reply, exactly as without cohorts.
 
 from __future__ import annotations
 
+import math
 import pickle
 import time
 import traceback
@@ -27,7 +28,6 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedsim.engine.identity import set_identity
-from fedsim.training import split_evenly
 
 # (index into the call's contents, metadata, context) for each message of a batch.
 BatchItem = tuple[int, Metadata, Context]
@@ -63,11 +63,19 @@ class CohortTally:
     passes: int = 0
     fallbacks: Counter[str] = field(default_factory=Counter)
 
-    def add(self, other: CohortTally) -> None:
-        self.served.update(other.served)
-        self.messages.update(other.messages)
-        self.passes += other.passes
-        self.fallbacks.update(other.fallbacks)
+
+def split_evenly(count: int, capacity: int) -> list[int]:
+    """Sizes of the fewest cohorts of at most ``capacity`` holding ``count`` clients, as
+    equal as possible (larger first).
+
+    >>> split_evenly(10, 4), split_evenly(8, 8), split_evenly(0, 3)
+    ([4, 3, 3], [8], [])
+    """
+    parts = math.ceil(count / capacity) if count else 0
+    if not parts:
+        return []
+    size, larger = divmod(count, parts)
+    return [size + 1] * larger + [size] * (parts - larger)
 
 
 def error_reply(message: Message, reason: str, code: int) -> Message:
