@@ -619,7 +619,7 @@ def run_session(
         )
         return True
 
-    cohorts = CohortBookkeeping(grid)
+    cohorts = CohortBookkeeping(grid, writer)
 
     def round_end(rnd: int, arrays: ArrayRecord) -> None:
         cohorts.record(rnd, writer)
@@ -648,14 +648,16 @@ def run_session(
 class CohortBookkeeping:
     """Per round, how many train messages a grid served, and how many train and evaluate
     messages in cohorts (timing rows ``train_served``, ``cohort_train``,
-    ``cohort_evaluate``), and one ``cohort_fallback`` event per
-    reason the first time messages were served one at a time instead."""
+    ``cohort_evaluate``); and one ``cohort_fallback`` event per reason, the first time
+    messages are served one at a time for it (a resumed run knows its earlier events)."""
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, writer: RunWriter) -> None:
         self.stats: dict[str, float] | None = getattr(grid, "stats", None)
         self.fallbacks: Counter[str] | None = getattr(grid, "cohort_fallbacks", None)
         self.counted = dict.fromkeys(COHORT_COUNTS, 0.0)
-        self.reported: set[str] = set()
+        self.reported = {
+            str(e.get("reason")) for e in writer.events if e["event"] == "cohort_fallback"
+        }
 
     def record(self, rnd: int, writer: RunWriter) -> None:
         if self.stats is None:

@@ -43,7 +43,13 @@ from fedsim.engine.serving import CohortPolicy
 from fedsim.models import build_model
 from fedsim.runner import resume_run, run_scenario
 from fedsim.seeding import rng
-from tests.test_checkpoint import assert_same_results, start_cli, wait_for_checkpoint
+from tests.test_checkpoint import (
+    Crash,
+    assert_same_results,
+    crash_after,
+    start_cli,
+    wait_for_checkpoint,
+)
 
 # Float32 rounding of a few vmapped SGD steps (see the module docstring).
 ATOL, RTOL = 1e-5, 1e-4
@@ -473,3 +479,23 @@ def test_sigkill_then_resume_is_identical_with_cohorts(tmp_path: Path) -> None:
     resumed, summary = resume_run(tmp_path / "killed")
     assert_same_results(resumed, reference)
     assert summary["cohort_client_rounds"] == summary["client_rounds"] > 0
+
+
+@pytest.mark.slow
+def test_resume_after_a_fallback_reports_it_once(tmp_path: Path) -> None:
+    """The fallback event of round 1 is in the checkpoint; the resumed run does not add
+    it again, so its results equal an uninterrupted run's."""
+    raw = _images(tmp_path, digits({"name": "fedavg"}, "auto", rounds=4))
+    raw["model"] = {"name": "lenet5"}
+    raw["client"] = {"local_steps": 2, "batch_size": 4}
+    raw["checkpoint"] = {"every": 2}
+    path = tmp_path / "fallback.toml"
+    path.write_text(tomli_w.dumps(raw))
+    reference, _ = run_scenario(load_scenario(path), tmp_path / "reference")
+    with pytest.raises(Crash):
+        run_scenario(load_scenario(path), tmp_path / "crashed", on_round_end=crash_after(3))
+    resumed, summary = resume_run(tmp_path / "crashed")
+    assert_same_results(resumed, reference)
+    events = [e for e in load_run(resumed).events if e["event"] == "cohort_fallback"]
+    assert [e["round"] for e in events] == [1]
+    assert summary["cohort_client_rounds"] == 0 < summary["client_rounds"]
