@@ -15,8 +15,10 @@ counts and everything the strategies see besides the arrays are equal exactly.
 
 from __future__ import annotations
 
+import copy as copy_module
 import json
 import os
+import pickle
 import random
 import signal
 import time
@@ -32,6 +34,7 @@ from flwr.common import MessageType
 
 from fedsim import keys
 from fedsim.analysis import load_run
+from fedsim.arrays import Layout, RowArray
 from fedsim.client_app import ClientSpec, FedsimClientApp, HookedClientApp
 from fedsim.client_data import ClientDataStore
 from fedsim.config import load_scenario, scenario_from_dict
@@ -499,3 +502,35 @@ def test_resume_after_a_fallback_reports_it_once(tmp_path: Path) -> None:
     events = [e for e in load_run(resumed).events if e["event"] == "cohort_fallback"]
     assert [e["round"] for e in events] == [1]
     assert summary["cohort_client_rounds"] == 0 < summary["client_rounds"]
+
+
+def test_cohort_replies_share_one_block_that_aggregation_reads_directly(
+    tmp_path: Path, flower_identity: None
+) -> None:
+    """Each reply's arrays are slices of one (clients, parameters) block: bytes only on
+    demand, equal to Array(ndarray)'s; Layout.stack reads the block's rows, exactly what
+    it reads from plain copies; a pickle carries the block once; a copy is a plain Array."""
+    model, shape = MODELS["mlp"]
+    spec = spec_for(write_store(tmp_path / "store", shape, SIZES), model, shape)
+    _, replies = serve_rounds(spec, CohortPolicy("auto"), rounds=1)
+    records = [reply.content[keys.ARRAYS] for reply in replies[0]]
+    arrays = [array for record in records for array in record.values()]
+    assert all(isinstance(array, RowArray) for array in arrays)
+    assert len({id(array.block[0]) for array in arrays}) == 1
+    plain = [
+        ArrayRecord({name: Array(np.array(array.numpy())) for name, array in record.items()})
+        for record in records
+    ]
+    for record, copy in zip(records, plain, strict=True):
+        assert all(record[name].data == copy[name].data for name in record)
+    layout = Layout.of(records[0])
+    shuffled = [records[2], records[0], records[3]]  # a subset, out of order
+    from_block = layout.stack(shuffled)
+    from_bytes = layout.stack([plain[2], plain[0], plain[3]])
+    assert layout._shared_block(shuffled) is not None and layout._shared_block(plain) is None
+    assert torch.equal(from_block, from_bytes)
+    block = arrays[0].block[0]
+    assert len(pickle.dumps(records, protocol=5)) < 1.5 * block.nbytes
+    back = pickle.loads(pickle.dumps(records, protocol=5))
+    assert all(back[k][n].data == records[k][n].data for k in range(4) for n in records[k])
+    assert type(copy_module.deepcopy(arrays[0])) is Array
