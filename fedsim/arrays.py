@@ -247,7 +247,8 @@ class Layout:
         rows = rows_tensor.numpy()
         shared = self._shared_block(records)
         if shared is not None:  # a cohort's replies: one gather of the block's rows
-            np.take(shared[0], shared[1], axis=0, out=rows)
+            # mode="clip": the rows are valid, and "raise" would buffer the whole output.
+            np.take(shared[0], shared[1], axis=0, out=rows, mode="clip")
             return rows_tensor if target.type == "cpu" else rows_tensor.to(target)
 
         def fill(index: int) -> None:
