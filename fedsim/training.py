@@ -291,20 +291,21 @@ def _gradients(
     x: torch.Tensor,
     y: torch.Tensor,
     mask: torch.Tensor,
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+) -> tuple[list[torch.Tensor | None], torch.Tensor]:
     """Every client's gradient of its masked mean cross-entropy, and the losses (K,).
 
     The forward is vmapped over the clients; the backward is one ordinary backward of
     the sum of the clients' losses, since client k's loss depends on its own slice of
     the stacked parameters only (a ``vmap`` of ``grad`` gives the same numbers with
-    more per-step overhead)."""
+    more per-step overhead). A parameter the loss does not use gets None, and SGD leaves
+    it alone, as ``torch.optim.SGD`` does."""
     params = [state[name].detach().requires_grad_() for name in names]
     with torch.enable_grad():
         logits = vmap(_forward(model))({**state, **dict(zip(names, params, strict=True))}, x)
         per_example = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
         masked = per_example.view_as(mask) * mask
         losses = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        grads = torch.autograd.grad(losses.sum(), params)
+        grads = torch.autograd.grad(losses.sum(), params, allow_unused=True)
     return list(grads), losses.detach()
 
 
@@ -340,9 +341,17 @@ def cohort_sgd(
     losses = []
     for s in range(num_steps):
         grads, step_loss = _gradients(model, state, names, x[index[s]], y[index[s]], mask[s])
+        used = [(name, grad) for name, grad in zip(names, grads, strict=True) if grad is not None]
         with torch.no_grad():
             keep = None if steps.active[s].all() else active[s]
-            _sgd_step(keep, state, grads, buffers, names, (lr, momentum, weight_decay))
+            _sgd_step(
+                keep,
+                state,
+                [grad for _, grad in used],
+                buffers,
+                [name for name, _ in used],
+                (lr, momentum, weight_decay),
+            )
         losses.append(step_loss.detach())
     out = torch.stack(losses).cpu().numpy().astype(np.float64)
     out[~steps.active] = np.nan

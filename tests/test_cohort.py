@@ -534,3 +534,31 @@ def test_cohort_replies_share_one_block_that_aggregation_reads_directly(
     back = pickle.loads(pickle.dumps(records, protocol=5))
     assert all(back[k][n].data == records[k][n].data for k in range(4) for n in records[k])
     assert type(copy_module.deepcopy(arrays[0])) is Array
+
+
+def test_a_parameter_the_loss_does_not_use_is_left_alone(
+    tmp_path: Path, flower_identity: None
+) -> None:
+    """As ``torch.optim.SGD`` skips a parameter without a gradient (no weight decay, no
+    momentum), so does a cohort."""
+    shape = (6,)
+    store = write_store(tmp_path / "store", shape, SIZES)
+    (tmp_path / "unused.py").write_text(
+        "from torch import nn\n"
+        "class Model(nn.Module):\n"
+        "    def __init__(self, d, c):\n"
+        "        super().__init__()\n"
+        "        self.used, self.spare = nn.Linear(d, c), nn.Linear(d, c)\n"
+        "    def forward(self, x):\n"
+        "        return self.used(x)\n"
+        "def make(input_shape, num_classes):\n"
+        "    return Model(input_shape[0], num_classes)\n"
+    )
+    spec = spec_for(store, {"factory": "unused.py:make"}, shape)
+    grid, cohort = serve_rounds(spec, CohortPolicy("auto"), rounds=1)
+    _, alone = serve_rounds(spec, CohortPolicy("off"), rounds=1)
+    assert grid.stats["cohort_train"] == len(SIZES) and not grid.cohort_fallbacks
+    assert_replies_close(cohort[0], alone[0])
+    initial = initial_arrays(spec)
+    for reply in cohort[0]:
+        assert reply.content[keys.ARRAYS]["spare.weight"].data == initial["spare.weight"].data
