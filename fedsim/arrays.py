@@ -162,7 +162,7 @@ _COPY_THREADS = min(8, os.cpu_count() or 1)
 
 def copy_in_parallel(copy: Callable[[int], T], count: int, nbytes: int) -> list[T]:
     """``[copy(0), ..., copy(count - 1)]``, on a few threads when they move ``nbytes`` of
-    at least 16 MiB in all (numpy's copies and large ``bytes`` joins release the GIL).
+    at least 16 MiB in all (numpy's copies release the GIL).
 
     >>> copy_in_parallel(lambda i: i * i, 4, nbytes=0), copy_in_parallel(str, 3, nbytes=1 << 30)
     ([0, 1, 4, 9], ['0', '1', '2'])

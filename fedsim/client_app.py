@@ -28,6 +28,7 @@ the simulator itself needs from a node: answering "which partition are you?"
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,23 +117,25 @@ class _Workspace:
             base_dir=Path(spec.base_dir),
         ).to(self.device)
         self.spec = spec
-        self._problem: list[str | None] = []  # computed on first use
         self._bytes_per_client: dict[str, int] = {}
-        self._budget_mb: list[float] = []  # the default budget, fixed when first needed
         self._resident: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray] | None] = {}
 
     def _example(self, batch_size: int) -> torch.Tensor:
         return torch.zeros((batch_size, *self.spec.input_shape), device=self.device)
 
+    @functools.cached_property
     def cohort_problem(self) -> str | None:
         """Why this model cannot be trained as a cohort (None: it can); checked once."""
-        if not self._problem:
-            odd = [
-                t.dtype for t in self.model.state_dict().values() if numpy_dtype(t.dtype) is None
-            ]
-            problem = f"{odd[0]} tensors have no numpy dtype to stack on the host" if odd else None
-            self._problem.append(problem or vectorisation_problem(self.model, self._example(2)))
-        return self._problem[0]
+        odd = [t.dtype for t in self.model.state_dict().values() if numpy_dtype(t.dtype) is None]
+        if odd:
+            return f"{odd[0]} tensors have no numpy dtype to stack on the host"
+        return vectorisation_problem(self.model, self._example(2))
+
+    @functools.cached_property
+    def default_budget_mb(self) -> float:
+        """The cohort memory budget without ``engine.cohort_memory_mb``, fixed when first
+        needed so that every round plans the same cohorts."""
+        return default_cohort_memory_mb(self.device)
 
     def cohort_size(
         self, message_type: str, max_clients: int | None, memory_mb: float | None
@@ -147,9 +150,7 @@ class _Workspace:
             self._bytes_per_client[message_type] = cohort_bytes_per_client(
                 self.model, self._example(batch)
             )
-        if memory_mb is None and not self._budget_mb:
-            self._budget_mb.append(default_cohort_memory_mb(self.device))
-        budget = memory_mb if memory_mb is not None else self._budget_mb[0]
+        budget = memory_mb if memory_mb is not None else self.default_budget_mb
         return cohort_capacity(self._bytes_per_client[message_type], budget, max_clients)
 
     def rows(self, split: str, clients: list[int]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -183,24 +184,24 @@ class _Workspace:
         does not match the model (the one-at-a-time path then answers each message
         with its own error)."""
         state = self.model.state_dict()
-        distinct: dict[int, int] = {}
+        position: dict[int, int] = {}  # id of a record -> its index in unique
+        unique: list[ArrayRecord] = []
         for record in records:
-            distinct.setdefault(id(record), len(distinct))
-        unique = list({id(record): record for record in records}.values())
+            if id(record) not in position:
+                if record.keys() != state.keys():
+                    raise ValueError("arrays do not match the model's state_dict")
+                position[id(record)] = len(unique)
+                unique.append(record)
         views = []
         for name, tensor in state.items():
-            rows = []
-            for record in unique:
-                if name not in record or len(record) != len(state):
-                    raise ValueError("arrays do not match the model's state_dict")
-                view = array_to_numpy(record[name])
-                if view.shape != tuple(tensor.shape):
-                    raise ValueError(f"{name}: shape {view.shape}, model {tuple(tensor.shape)}")
-                rows.append(view)
+            rows = [array_to_numpy(record[name]) for record in unique]
+            for row in rows:
+                if row.shape != tuple(tensor.shape):
+                    raise ValueError(f"{name}: shape {row.shape}, model {tuple(tensor.shape)}")
             views.append(np.stack(rows).astype(numpy_dtype(tensor.dtype), copy=False))
         loaded = host_to_device(views, self.device)
         if len(unique) < len(records):
-            which = torch.tensor([distinct[id(r)] for r in records], device=self.device)
+            which = torch.tensor([position[id(r)] for r in records], device=self.device)
             loaded = [tensor.index_select(0, which) for tensor in loaded]
         return dict(zip(state, loaded, strict=True))
 
@@ -430,7 +431,7 @@ class FedsimClientApp(ClientApp):
         if message_type not in (MessageType.TRAIN, MessageType.EVALUATE):
             return 1, None
         work = _workspace(self.spec)
-        problem = work.cohort_problem()
+        problem = work.cohort_problem
         if problem is None and max_clients is None:
             problem = slower_as_cohort(work.model, work.device)
         if problem is not None:

@@ -228,9 +228,8 @@ def vectorisation_problem(model: nn.Module, example: torch.Tensor) -> str | None
     try:
         state = stack_states([model.state_dict()] * 2)
         x = example.unsqueeze(0).expand(2, *example.shape)
-        logits = vmap(_forward(model))(state, x)
-        labels = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
-        mask = torch.ones(labels.shape, device=logits.device)
+        labels = torch.zeros((2, example.shape[0]), dtype=torch.long, device=example.device)
+        mask = torch.ones(labels.shape, device=example.device)
         _gradients(model, state, trainable(model), x, labels, mask)
     except Exception as error:  # whatever vmap or the model raises: the reason to fall back
         first_line = (str(error).strip().splitlines() or [""])[0]

@@ -99,6 +99,16 @@ def spec_for(
     )
 
 
+def factory_spec(tmp_path: Path, body: str, preamble: str = "", **client: Any) -> ClientSpec:
+    """A spec for 6-feature clients whose model is a user factory ``make`` in a file, its
+    one-line ``body`` after ``preamble`` (both with ``torch.nn`` as ``nn``)."""
+    shape = (6,)
+    store = write_store(tmp_path / "store", shape, SIZES)
+    source = f"from torch import nn\n{preamble}def make(input_shape, num_classes):\n    {body}\n"
+    (tmp_path / "factory.py").write_text(source)
+    return spec_for(store, {"factory": "factory.py:make"}, shape, **client)
+
+
 def initial_arrays(spec: ClientSpec) -> ArrayRecord:
     model = build_model(
         json.loads(spec.model_spec),
@@ -224,16 +234,13 @@ def test_smooth_model_without_momentum_matches_to_float32_rounding(
     tmp_path: Path, flower_identity: None
 ) -> None:
     """With a smooth activation nothing can flip: plain SGD agrees to a few ulps."""
-    shape = (6,)
-    store = write_store(tmp_path / "store", shape, SIZES)
-    factory = tmp_path / "smooth.py"
-    factory.write_text(
-        "from torch import nn\n"
-        "def make(input_shape, num_classes):\n"
-        "    return nn.Sequential(nn.Linear(input_shape[0], 16), nn.Tanh(),"
-        " nn.Linear(16, num_classes))\n"
+    spec = factory_spec(
+        tmp_path,
+        "return nn.Sequential(nn.Linear(input_shape[0], 16), nn.Tanh(),"
+        " nn.Linear(16, num_classes))",
+        momentum=0.0,
+        weight_decay=0.0,
     )
-    spec = spec_for(store, {"factory": "smooth.py:make"}, shape, momentum=0.0, weight_decay=0.0)
     _, cohort = serve_rounds(spec, CohortPolicy("auto"), rounds=1)
     _, alone = serve_rounds(spec, CohortPolicy("off"), rounds=1)
     for a, b in zip(cohort[0], alone[0], strict=True):
@@ -287,15 +294,11 @@ def test_batchnorm_model_falls_back_and_says_why(tmp_path: Path, flower_identity
 def test_random_ops_fall_back_with_vmaps_reason(tmp_path: Path, flower_identity: None) -> None:
     """Dropout draws from the global RNG one client at a time; a cohort could not
     reproduce that, so vmap's refusal is the reason given."""
-    shape = (6,)
-    store = write_store(tmp_path / "store", shape, SIZES)
-    (tmp_path / "drop.py").write_text(
-        "from torch import nn\n"
-        "def make(input_shape, num_classes):\n"
-        "    return nn.Sequential(nn.Linear(input_shape[0], 8), nn.Dropout(0.5),"
-        " nn.Linear(8, num_classes))\n"
+    spec = factory_spec(
+        tmp_path,
+        "return nn.Sequential(nn.Linear(input_shape[0], 8), nn.Dropout(0.5),"
+        " nn.Linear(8, num_classes))",
     )
-    spec = spec_for(store, {"factory": "drop.py:make"}, shape)
     grid, replies = serve_rounds(spec, CohortPolicy("auto"), rounds=1)
     assert not any(reply.has_error() for reply in replies[0])
     assert grid.stats["cohort_train"] == 0
@@ -541,20 +544,18 @@ def test_a_parameter_the_loss_does_not_use_is_left_alone(
 ) -> None:
     """As ``torch.optim.SGD`` skips a parameter without a gradient (no weight decay, no
     momentum), so does a cohort."""
-    shape = (6,)
-    store = write_store(tmp_path / "store", shape, SIZES)
-    (tmp_path / "unused.py").write_text(
-        "from torch import nn\n"
-        "class Model(nn.Module):\n"
-        "    def __init__(self, d, c):\n"
-        "        super().__init__()\n"
-        "        self.used, self.spare = nn.Linear(d, c), nn.Linear(d, c)\n"
-        "    def forward(self, x):\n"
-        "        return self.used(x)\n"
-        "def make(input_shape, num_classes):\n"
-        "    return Model(input_shape[0], num_classes)\n"
+    spec = factory_spec(
+        tmp_path,
+        "return Model(input_shape[0], num_classes)",
+        preamble=(
+            "class Model(nn.Module):\n"
+            "    def __init__(self, d, c):\n"
+            "        super().__init__()\n"
+            "        self.used, self.spare = nn.Linear(d, c), nn.Linear(d, c)\n"
+            "    def forward(self, x):\n"
+            "        return self.used(x)\n"
+        ),
     )
-    spec = spec_for(store, {"factory": "unused.py:make"}, shape)
     grid, cohort = serve_rounds(spec, CohortPolicy("auto"), rounds=1)
     _, alone = serve_rounds(spec, CohortPolicy("off"), rounds=1)
     assert grid.stats["cohort_train"] == len(SIZES) and not grid.cohort_fallbacks
