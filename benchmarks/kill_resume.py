@@ -54,8 +54,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedsim.analysis import load_run
-from fedsim.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fedsim.errors import FedsimError
+from fedsim.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 MODULE = Path(__file__).resolve()
 MAX_DELAY_S = 0.5

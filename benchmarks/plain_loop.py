@@ -3,7 +3,8 @@
 It does exactly what fedsim's ClientApp and FedAvg do, through the same functions: the
 same model (``prepared.model_factory``), the same memory-mapped client store, the same
 reachable clients (``prepared.pattern``), the same minibatch stream
-(:func:`fedsim.training.round_batches`), the same SGD (:func:`fedsim.training.local_sgd`)
+(:func:`fedsim.client.training.round_batches`), the same SGD
+(:func:`fedsim.client.training.local_sgd`)
 and the same aggregation (:func:`fedsim.strategies.fedavg.fedavg_weights`,
 :func:`~fedsim.strategies.fedavg.weighted_server_update`). What it leaves out is what a
 simulator adds: messages, serialisation, actors, result files. Its final model therefore
@@ -19,10 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedsim.device import resolve_device
-from fedsim.runner import Prepared
+from fedsim.client.device import resolve_device
+from fedsim.client.training import local_sgd, round_batches
+from fedsim.run import RunSetup
 from fedsim.strategies.fedavg import fedavg_weights, weighted_server_update
-from fedsim.training import local_sgd, round_batches
 
 
 @dataclass
@@ -62,7 +63,7 @@ def unflatten(vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, 
 
 
 def run_plain(
-    prepared: Prepared,
+    prepared: RunSetup,
     *,
     on_round_end: Callable[[int], None] | None = None,
     sync: Callable[[], None] | None = None,

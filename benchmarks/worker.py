@@ -28,7 +28,7 @@ from benchmarks.plain_loop import run_plain
 from benchmarks.workloads import ENGINE_OF
 from fedsim.config import scenario_from_dict
 from fedsim.results import RunWriter
-from fedsim.runner import Prepared, RunControl, prepare
+from fedsim.run import RunControl, RunSetup, build_run
 
 TIMING_KEYS = ("clients_s", "aggregate_s", "evaluate_s")
 
@@ -98,11 +98,11 @@ def _grid_recorder(kind: str) -> list[Any]:
 
 
 def _engine(
-    way: str, prepared: Prepared, writer: RunWriter, spec: dict[str, Any], clock: RoundEnds
+    way: str, prepared: RunSetup, writer: RunWriter, spec: dict[str, Any], clock: RoundEnds
 ) -> dict[str, Any]:
     """Run fedsim's (Ray or inline) or Flower's engine; returns final arrays, per-round
     grid stats and the run's cohort counts."""
-    from fedsim.runner import run_inline, run_on_flower, run_on_ray
+    from fedsim.run.launch import run_inline, run_on_flower, run_on_ray
 
     kind, _ = ENGINE_OF[way]
     grids = _grid_recorder(kind) if kind != "flower" else []
@@ -160,7 +160,7 @@ def _cohort_counts(grids: list[Any]) -> dict[str, Any] | None:
     return {**counts, "fallbacks": fallbacks} if fallbacks else counts
 
 
-def _plain(prepared: Prepared, device: str, clock: RoundEnds) -> dict[str, Any]:
+def _plain(prepared: RunSetup, device: str, clock: RoundEnds) -> dict[str, Any]:
     if device == "cpu":
         torch.set_num_threads(1)  # as fedsim's ClientApp does on a CPU (one thread per actor)
     sync = torch.cuda.synchronize if device == "cuda" else None
@@ -189,7 +189,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         spec["scenario"], source=f"benchmark:{spec['workload']}", base_dir=run_dir.parent
     )
     started = time.perf_counter()
-    prepared = prepare(scenario, run_dir)
+    prepared = build_run(scenario, run_dir)
     prepare_s = time.perf_counter() - started
     pattern = StampedPattern(prepared.pattern)
     prepared.pattern = pattern

@@ -56,7 +56,7 @@ def numpy_to_array(ndarray: np.ndarray) -> Array:
 class RowArray(Array):
     """An ``Array`` that is a slice of one row of a shared ``(clients, parameters)`` block.
 
-    A cohort's replies (:mod:`fedsim.client_app`) are rows of one stacked host block:
+    A cohort's replies (:mod:`fedsim.client.app`) are rows of one stacked host block:
     giving every reply's array its own bytes would copy the whole cohort (110 MB a
     round for 50 CIFAR CNNs) only for the strategy to copy it back into rows. A
     RowArray makes its bytes on first use of ``data`` (the very bytes of

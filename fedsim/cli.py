@@ -92,9 +92,9 @@ def run(
     verbose: Annotated[bool, typer.Option(help="Show Flower's per-round INFO logs.")] = False,
 ) -> None:
     """Run a scenario and print where its results are."""
-    from fedsim.checkpoint import RunInterrupted
     from fedsim.config import load_scenario
-    from fedsim.runner import run_scenario
+    from fedsim.run import run_scenario
+    from fedsim.run.checkpoint import RunInterrupted
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -164,14 +164,15 @@ def resume(
     """
     import tomllib
 
-    from fedsim.checkpoint import RunInterrupted
-    from fedsim.runner import resume_run
+    from fedsim.results import SCENARIO_FILE
+    from fedsim.run import resume_run
+    from fedsim.run.checkpoint import RunInterrupted
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
         try:
-            rounds = int(tomllib.loads((run_dir / "scenario.toml").read_text())["rounds"])
+            rounds = int(tomllib.loads((run_dir / SCENARIO_FILE).read_text())["rounds"])
         except Exception:  # resume_run names the problem
             rounds = None
         with Progress(TextColumn("round {task.completed}/{task.total}"), console=console) as bar:
@@ -224,9 +225,8 @@ def participation(
     """
     from fedsim.analysis import participation_rates
     from fedsim.config import load_scenario
-    from fedsim.participation import build_faults, build_pattern
     from fedsim.participation.matrix import participation_matrix, save_participation_plot
-    from fedsim.runner import client_label_distribution
+    from fedsim.run.setup import build_participation, client_label_distribution
 
     try:
         loaded = load_scenario(scenario, list(set_ or []))
@@ -236,22 +236,7 @@ def participation(
         figure_path = out or Path(f"{loaded.name}-participation.png")
         if figure_path.suffix.lower() != ".png":
             raise FedsimError(f"--out: expected a .png file, got {str(figure_path)!r}")
-        num_clients, seed = loaded.data.num_clients, loaded.seed
-        pattern = build_pattern(
-            loaded.participation,
-            num_clients=num_clients,
-            seed=seed,
-            label_distribution=client_label_distribution(loaded),
-            source=loaded.source,
-            base_dir=loaded.base_dir,
-        )
-        faults = build_faults(
-            loaded.participation,
-            num_clients=num_clients,
-            seed=seed,
-            source=loaded.source,
-            base_dir=loaded.base_dir,
-        )
+        pattern, faults = build_participation(loaded, client_label_distribution(loaded))
         matrix = participation_matrix(pattern, num_rounds)
         table = participation_rates(matrix, getattr(pattern, "probabilities", None))
         size = f"{loaded.data.num_clients} clients x {num_rounds} rounds"
@@ -419,7 +404,7 @@ def report(
     ] = None,
 ) -> None:
     """Plot a run or a sweep and write its summary table (markdown and CSV)."""
-    from fedsim.report import write_report
+    from fedsim.analysis.report import write_report
 
     try:
         written = write_report(path, metric=metric, out=out, target=target, phase=phase)
@@ -434,7 +419,7 @@ def report(
 @app.command("list")
 def list_() -> None:
     """Print the strategies, participation patterns, datasets and models fedsim knows."""
-    from fedsim.datasets import DATASET_NAMES
+    from fedsim.data.datasets import DATASET_NAMES
     from fedsim.models import MODEL_NAMES
     from fedsim.participation import PATTERN_NAMES
     from fedsim.strategies import available_strategies

@@ -33,3 +33,8 @@ PHASE_EVALUATE = "evaluate"
 PHASE_CENTRAL = "central"
 PHASE_SERVER = "server"
 PHASE_TIMING = "timing"
+
+# Metric names of the results tables that fedsim itself computes.
+METRIC_LOSS = "loss"  # central evaluation
+METRIC_ACCURACY = "accuracy"  # central evaluation
+OMEGA = "omega"  # FedAU's per-client interval estimate (phase "server")

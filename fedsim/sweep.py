@@ -39,9 +39,8 @@ import re
 import shutil
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -58,7 +57,6 @@ from fedsim.config import (
     scenario_from_dict,
 )
 from fedsim.errors import FedsimError, ScenarioError
-from fedsim.plugins import pickle_plugins_for_ray
 from fedsim.results import SCENARIO_FILE, SUMMARY_FILE, atomic_write_bytes
 
 MANIFEST_FILE = "sweep.json"
@@ -450,7 +448,7 @@ def run_sweep(
     failure is recorded in ``sweep.json`` and the sweep goes on; after a stop,
     ``sweep.json`` says which runs are complete on disk.
 
-    ``run`` replaces :func:`fedsim.runner.run_scenario` (same signature) for every
+    ``run`` replaces :func:`fedsim.run.run_scenario` (same signature) for every
     point, in this process and without starting Ray: a dry run, or a custom runner.
     """
     if parallel < 1:
@@ -499,7 +497,10 @@ def _run_pending(
     }
     _run_side_by_side(context, kinds["inline"], parallel, None)
     if kinds["ray"]:
-        with _ray_runtime(points[kinds["ray"][0]].scenario) as address:
+        from fedsim.engine.ray_runtime import ray_runtime
+
+        first = points[kinds["ray"][0]].scenario
+        with ray_runtime(first.engine.ray_address, first.source) as address:
             _run_side_by_side(context, kinds["ray"], parallel, address)
     for index in kinds["flower"]:
         _run_parallel(context, [index], 1, None)
@@ -558,7 +559,7 @@ class _Context:
 
     def run_here(self, index: int, run: RunFunction | None = None) -> None:
         if run is None:
-            from fedsim.runner import run_scenario
+            from fedsim.run import run_scenario
 
             run = run_scenario
         point, run_dir = self.begin(index)
@@ -578,29 +579,6 @@ def _failure(error: Exception) -> WorkerFailure:
     if isinstance(error, WorkerFailure):
         return error
     return WorkerFailure(f"{type(error).__name__}: {error}", isinstance(error, ScenarioError))
-
-
-@contextmanager
-def _ray_runtime(scenario: Scenario) -> Iterator[str]:
-    """Ray for the sweep: the running runtime, else one started (and stopped) here.
-
-    Yields the address worker processes join.
-    """
-    import ray
-
-    pickle_plugins_for_ray()  # loaded while planning, before Ray was imported
-    started = not ray.is_initialized()
-    if started:
-        ray.init(
-            address=scenario.engine.ray_address,
-            include_dashboard=False,
-            logging_level=logging.ERROR,
-        )
-    try:
-        yield str(ray.get_runtime_context().gcs_address)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _run_parallel(
@@ -642,7 +620,7 @@ def _worker_init(ray_address: str | None) -> None:
 
 
 def _run_in_worker(raw: dict[str, Any], source: str, base_dir: str, run_dir: str) -> dict[str, Any]:
-    from fedsim.runner import run_scenario
+    from fedsim.run import run_scenario
 
     try:
         scenario = scenario_from_dict(raw, source=source, base_dir=Path(base_dir))

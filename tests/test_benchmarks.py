@@ -32,10 +32,10 @@ from benchmarks.plain_loop import run_plain
 from benchmarks.run import GROUPS, available, plan, targets, way_note
 from benchmarks.workloads import COHORT_WAYS, ENGINE_OF, INLINE_WAYS, small
 from fedsim.arrays import array_to_numpy, numpy_to_array
+from fedsim.client.device import load_arrays, staged_load, staged_numpy, state_to_record
 from fedsim.config import scenario_from_dict
-from fedsim.device import load_arrays, staged_load, staged_numpy, state_to_record
 from fedsim.engine.identity import node_id_of, set_identity
-from fedsim.runner import Prepared, prepare
+from fedsim.run import RunSetup, build_run
 from fedsim.strategies.fedavg import FedAvg
 from tests.conftest import FixedGrid
 
@@ -204,7 +204,7 @@ def test_every_planned_workload_is_a_valid_scenario(
         assert cifar.measured_rounds >= 6
 
 
-def in_process_fedsim(prepared: Prepared, rounds: int) -> dict[str, np.ndarray]:
+def in_process_fedsim(prepared: RunSetup, rounds: int) -> dict[str, np.ndarray]:
     """fedsim's ClientApp and FedAvg driven by hand, without Ray."""
     set_identity(1)
     strategy = FedAvg(num_clients=prepared.scenario.data.num_clients)
@@ -242,7 +242,7 @@ def test_plain_loop_trains_exactly_as_fedsims_client_app(tmp_path: Path) -> None
     raw = small(rounds=3, warmup=1, actors=1).with_engine(1, "cpu")
     raw["client"]["momentum"] = 0.5  # the optimiser's state must not leak across clients
     scenario = scenario_from_dict(raw, base_dir=tmp_path)
-    prepared = prepare(scenario, tmp_path / "run")
+    prepared = build_run(scenario, tmp_path / "run")
     expected = in_process_fedsim(prepared, 3)
     state, times = run_plain(prepared)
     assert len(times.rounds) == 3 and all(r["train"] > 0 for r in times.rounds)

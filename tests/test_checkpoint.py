@@ -29,7 +29,11 @@ from flwr.app import Context, RecordDict
 from flwr.serverapp.strategy import FedAdam
 
 from fedsim.analysis import load_run
-from fedsim.checkpoint import (
+from fedsim.config import load_scenario
+from fedsim.errors import FedsimError
+from fedsim.results import RunWriter
+from fedsim.run import resume_run, run_scenario
+from fedsim.run.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,
     RunInterrupted,
@@ -42,10 +46,6 @@ from fedsim.checkpoint import (
     save_checkpoint,
     strategy_state,
 )
-from fedsim.config import load_scenario
-from fedsim.errors import FedsimError
-from fedsim.results import RunWriter
-from fedsim.runner import resume_run, run_scenario
 from fedsim.strategies.fedau import FedAU
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsim import client_data
-from fedsim.client_data import ClientDataStore
-from fedsim.datasets import Dataset
+from fedsim.data import store as client_data
+from fedsim.data.datasets import Dataset
+from fedsim.data.store import ClientDataStore
 
 
 def toy_dataset(n: int = 12, shape: tuple[int, ...] = (2, 3)) -> Dataset:

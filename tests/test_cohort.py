@@ -35,16 +35,16 @@ from flwr.common import MessageType
 from fedsim import keys
 from fedsim.analysis import load_run
 from fedsim.arrays import Layout, RowArray
-from fedsim.client_app import ClientSpec, FedsimClientApp, HookedClientApp
-from fedsim.client_data import ClientDataStore
+from fedsim.client.app import ClientSpec, FedsimClientApp, HookedClientApp
+from fedsim.client.device import state_to_record
 from fedsim.config import load_scenario, scenario_from_dict
-from fedsim.datasets import Dataset
-from fedsim.device import state_to_record
+from fedsim.data.datasets import Dataset
+from fedsim.data.store import ClientDataStore
 from fedsim.engine.identity import node_id_of
 from fedsim.engine.inline_grid import InlineGrid
 from fedsim.engine.serving import CohortPolicy
 from fedsim.models import build_model
-from fedsim.runner import resume_run, run_scenario
+from fedsim.run import resume_run, run_scenario
 from fedsim.seeding import rng
 from tests.test_checkpoint import (
     Crash,
@@ -315,7 +315,7 @@ def test_memory_budget_splits_a_round_into_several_cohorts(
     app = FedsimClientApp(spec)
     limit, reason = app.cohort_limit(MessageType.TRAIN, max_clients=None, memory_mb=None)
     assert reason is None and limit >= len(SIZES)
-    from fedsim.client_app import _workspace
+    from fedsim.client.app import _workspace
 
     per_client = _workspace(spec)._bytes_per_client[MessageType.TRAIN]
     budget_mb = 2.5 * per_client / (1 << 20)  # room for two clients

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from scipy.interpolate import interp1d
 
-from fedsim import mnist1d
-from fedsim.datasets import DATASET_NAMES, DATASET_OPTIONS, Dataset, load_dataset
+from fedsim.data import mnist1d
+from fedsim.data.datasets import DATASET_NAMES, DATASET_OPTIONS, Dataset, load_dataset
+from fedsim.data.partition import holdout_size
 from fedsim.errors import ScenarioError
-from fedsim.partition import holdout_size
 
 
 def load(name: str, options: dict[str, Any] | None = None, **kwargs: Any) -> Dataset:

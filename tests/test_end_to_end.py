@@ -13,7 +13,7 @@ import tomli_w
 from fedsim.analysis import load_run, load_runs
 from fedsim.config import load_scenario
 from fedsim.models import build_model
-from fedsim.runner import run_scenario
+from fedsim.run import run_scenario
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -23,10 +23,11 @@ from fedsim.analysis import load_run
 from fedsim.cli import app as cli_app
 from fedsim.config import load_scenario
 from fedsim.engine.identity import node_id_of
+from fedsim.engine.ray_runtime import check_ray_address
 from fedsim.errors import FedsimError, RunError
-from fedsim.loop import divergence_error
 from fedsim.models import build_model
-from fedsim.runner import check_ray_address, run_scenario
+from fedsim.run import run_scenario
+from fedsim.run.loop import divergence_error
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP = FIXTURES / "faulty_client_app.py"
@@ -262,7 +263,8 @@ def test_unreachable_ray_address_fails_fast_in_one_line(tmp_path: Path) -> None:
         path = write(tmp_path, "ray.toml", scenario)
         started = time.monotonic()
         with pytest.raises(FedsimError) as caught:
-            check_ray_address(load_scenario(path))
+            loaded = load_scenario(path)
+            check_ray_address(loaded.engine.ray_address, loaded.source)
         assert time.monotonic() - started < 5
         assert str(caught.value).startswith(f"{path}: engine.ray_address: ")
         assert problem in str(caught.value)

@@ -16,10 +16,11 @@ import pytest
 import tomli_w
 
 from fedsim.analysis import load_run
-from fedsim.client_data import ClientDataStore
 from fedsim.config import load_scenario
-from fedsim.datasets import load_dataset
-from fedsim.runner import DATA_DIR, prepare, run_scenario
+from fedsim.data.datasets import load_dataset
+from fedsim.data.store import ClientDataStore
+from fedsim.results import CLIENT_DATA_DIR
+from fedsim.run import build_run, run_scenario
 
 ROUNDS = 2
 CLIENTS = 6
@@ -55,12 +56,12 @@ def rows(x: np.ndarray, y: np.ndarray) -> Counter[bytes]:
 
 
 def held_out_rows(scenario_path: Path, tmp_path: Path) -> dict[str, Counter[bytes]]:
-    """Rows of the full digits splits, of the proxy set prepare() carves, and of the store."""
+    """Rows of the full digits splits, of the proxy set build_run() carves, and of the store."""
     scenario = load_scenario(scenario_path)
     full = load_dataset(
         "digits", {}, seed=5, num_clients=CLIENTS, test_fraction=0.2, source="", base_dir=tmp_path
     )
-    prepared = prepare(scenario, tmp_path / "prepared")
+    prepared = build_run(scenario, tmp_path / "prepared")
     proxy = prepared.proxy_data
     assert proxy is not None and prepared.store is not None
     assert np.bincount(proxy[1], minlength=DIGITS_CLASSES).tolist() == [PER_CLASS] * DIGITS_CLASSES
@@ -94,7 +95,7 @@ def test_fedlaw_run_records_gamma_and_lambda_every_round(tmp_path: Path, ray_ses
     assert summary["final_accuracy"] > 0.1  # evaluated, on ten classes
 
     # The run's central test set is the test split less the proxy set the server learns on.
-    store = ClientDataStore.open(run_dir / DATA_DIR)
+    store = ClientDataStore.open(run_dir / CLIENT_DATA_DIR)
     expected = held_out_rows(path, tmp_path)
     run_central = rows(*store.central_test())
     assert run_central == expected["central"]

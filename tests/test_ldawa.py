@@ -18,8 +18,8 @@ from fedsim.analysis import load_run
 from fedsim.config import load_scenario
 from fedsim.errors import ScenarioError
 from fedsim.plugins import load_object
-from fedsim.runner import run_scenario
-from fedsim.strategies import build_strategy, resolve_strategy_class
+from fedsim.run import run_scenario
+from fedsim.strategies import StrategyInputs, build_strategy, resolve_strategy_class
 from tests.conftest import FixedGrid, reply_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,10 @@ SQRT_HALF = 1 / math.sqrt(2)
 GLOBAL = torch.tensor([1.0, 0.0, 2.0, 3.0])
 CLIENTS = torch.tensor([[1.0, 1.0, 2.0, 5.0], [2.0, 0.0, -1.0, 7.0]])
 SEGMENTS = [Segment(0, 2, True), Segment(2, 3, True), Segment(3, 4, False)]
+
+INPUTS = StrategyInputs(
+    num_clients=2, node_ids=[1, 2], seed=0, device="cpu", scenario_file="s.toml"
+)
 
 
 def test_cosine_similarity_per_layer() -> None:
@@ -114,10 +118,10 @@ def test_loaded_by_path_relative_to_the_scenario_file() -> None:
         scenario.strategy_name, source=scenario.source, base_dir=scenario.base_dir
     )
     assert cls.__name__ == "LDAWA" and cls.__module__.startswith("fedsim_plugin_")
-    strategy = build_strategy(cls, scenario.strategy_options, context={}, source=scenario.source)
+    strategy = build_strategy(cls, scenario.strategy_options, inputs=INPUTS, source=scenario.source)
     assert strategy.normalise == "count"
     with pytest.raises(ScenarioError, match=r"strategy: expected valid options for LDAWA"):
-        build_strategy(cls, {"normalise": "mean"}, context={}, source=scenario.source)
+        build_strategy(cls, {"normalise": "mean"}, inputs=INPUTS, source=scenario.source)
 
 
 def test_registered_through_the_entry_point_group(
@@ -193,7 +197,7 @@ def test_guide_example_is_usable_by_name_from_a_scenario(tmp_path: Path) -> None
     cls = resolve_strategy_class(
         scenario.strategy_name, source=scenario.source, base_dir=scenario.base_dir
     )
-    strategy = build_strategy(cls, scenario.strategy_options, context={}, source=scenario.source)
+    strategy = build_strategy(cls, scenario.strategy_options, inputs=INPUTS, source=scenario.source)
     assert strategy.max_norm == 0.5
     with pytest.raises(ScenarioError, match=r"strategy\.clip: expected an option of ClippedFedAvg"):
-        build_strategy(cls, {"clip": 1.0}, context={}, source=scenario.source)
+        build_strategy(cls, {"clip": 1.0}, inputs=INPUTS, source=scenario.source)

@@ -19,7 +19,7 @@ from fedsim.cli import app
 from fedsim.config import load_scenario
 from fedsim.participation import build_pattern
 from fedsim.participation.matrix import participation_matrix
-from fedsim.runner import client_label_distribution, prepare
+from fedsim.run.setup import build_run, client_label_distribution
 from tests.test_end_to_end import digits_scenario, run_cli, write_scenario
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,7 +48,7 @@ def pattern_of(path: Path) -> Any:
 
 
 def test_label_distribution_is_the_one_a_run_uses(tmp_path: Path) -> None:
-    """Label-based p_n from the in-memory partition equal those prepare() gives the run,
+    """Label-based p_n from the in-memory partition equal those build_run() gives the run,
     including when a strategy's proxy set is carved from the training data first."""
     rates = {"pattern": "bernoulli", "p_mean": 0.3}
     plain = write_scenario(tmp_path, scenario_with(rates), "plain.toml")
@@ -60,7 +60,7 @@ def test_label_distribution_is_the_one_a_run_uses(tmp_path: Path) -> None:
         distribution = client_label_distribution(loaded)
         assert distribution is not None
         distributions[name] = distribution
-        prepared = prepare(loaded, tmp_path / name)
+        prepared = build_run(loaded, tmp_path / name)
         np.testing.assert_array_equal(
             pattern_of(path).probabilities, prepared.pattern.probabilities
         )

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsim.partition import (
+from fedsim.data.partition import (
     PARTITION_SCHEMES,
     chunk_ends,
     class_balanced_indices,

@@ -27,12 +27,11 @@ from fedsim.analysis import (
     summary_table,
     varying_keys,
 )
+from fedsim.analysis.report import Report, participation_codes, write_report
 from fedsim.cli import app
 from fedsim.config import Scenario
-from fedsim.engine.reachable import RoundLog
 from fedsim.errors import FedsimError
-from fedsim.report import Report, participation_codes, write_report
-from fedsim.results import RunWriter
+from fedsim.results import ClientFacts, RoundLog, RunWriter
 from fedsim.sweep import plan_sweep, run_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -68,6 +67,8 @@ def write_fake_run(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     strategy, pattern = raw["strategy"]["name"], raw["participation"]["pattern"]
     seed, rounds = raw["seed"], raw["rounds"]
     writer = RunWriter(run_dir, raw)
+    rates = np.array(raw["participation"]["rates"], dtype=float)
+    writer.client_facts(ClientFacts(len(rates), None, None, None, rates))
     for rnd in range(rounds + 1):
         accuracy = accuracy_of(strategy, pattern, seed, rnd)
         writer.metrics(rnd, None, "central", [("accuracy", accuracy), ("loss", 2.5 - accuracy)])
@@ -98,7 +99,7 @@ def write_fake_run(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 def fake_run_scenario(
     scenario: Scenario, run_dir: Path, *, on_round_end: Any = None
 ) -> tuple[Path, dict[str, Any]]:
-    """Stands in for fedsim.runner.run_scenario: writes a fake run, no training."""
+    """Stands in for fedsim.run.run_scenario: writes a fake run, no training."""
     summary = write_fake_run(scenario.raw, run_dir)
     return run_dir, summary
 

@@ -17,11 +17,11 @@ import tomli_w
 from typer.testing import CliRunner
 
 from fedsim.analysis import find_runs, load_sweep, participation_probabilities
+from fedsim.analysis.report import write_report
 from fedsim.cli import app
 from fedsim.config import Scenario, load_scenario, scenario_from_dict
 from fedsim.errors import FedsimError, ScenarioError
-from fedsim.report import write_report
-from fedsim.runner import run_scenario
+from fedsim.run import run_scenario
 from fedsim.sweep import (
     SweepEvent,
     parse_grid_option,

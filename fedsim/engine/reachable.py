@@ -12,7 +12,6 @@ message and its fate is logged per (round, client) for ``participation.parquet``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -21,22 +20,11 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fedsim.errors import RunError
+from fedsim.results import RoundLog
 
 # Flower's sample_nodes re-asks get_node_ids once a second while too few nodes are
 # connected; within a round nothing changes, so repeated asking means it would wait forever.
 MAX_REPEATED_NODE_QUERIES = 5
-
-
-@dataclass
-class RoundLog:
-    """What happened to every client in one round (client ids, not node ids)."""
-
-    available: np.ndarray
-    selected: set[int] = field(default_factory=set)
-    replied: set[int] = field(default_factory=set)
-    failed: dict[int, str] = field(default_factory=dict)
-    dropped: set[int] = field(default_factory=set)
-    late: dict[int, float] = field(default_factory=dict)
 
 
 class ReachableGrid(Grid):

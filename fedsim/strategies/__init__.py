@@ -10,7 +10,7 @@ A ``[strategy]`` table's ``name`` is one of:
   ``fedsim.strategies``.
 
 The table's other keys are constructor options. Besides those, fedsim fills in
-the keyword parameters a constructor declares from this list:
+the keyword parameters a constructor declares from :class:`StrategyInputs`:
 
 - ``num_clients`` (N, all clients), ``node_ids`` (the N Flower node ids, index =
   client id), ``seed``, ``device`` (the server device);
@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -45,16 +46,27 @@ REGISTRY: dict[str, str] = {
     "gossip-vc": "fedsim.strategies.gossip:VarianceCorrectedGossip",
     "dpsgd": "fedsim.strategies.gossip:DPSGD",
 }
-INJECTABLE = (
-    "num_clients",
-    "node_ids",
-    "seed",
-    "device",
-    "model_factory",
-    "proxy_data",
-    "scenario_file",
-    "participation_probabilities",
-)
+
+
+@dataclass(frozen=True)
+class StrategyInputs:
+    """What fedsim passes to a strategy constructor that declares the parameter.
+
+    None means "not available in this run" (no model, no proxy set, a pattern
+    without long-run rates): the parameter keeps its default then.
+    """
+
+    num_clients: int
+    node_ids: list[int]
+    seed: int
+    device: str
+    scenario_file: str
+    model_factory: Callable[[], Any] | None = None
+    proxy_data: tuple[Any, Any] | None = None
+    participation_probabilities: dict[int, float] | None = None
+
+
+INJECTABLE = tuple(f.name for f in fields(StrategyInputs))
 # Flower's strategies wait (forever) for min_*_nodes nodes; under a participation
 # pattern fewer may be reachable, so fedsim's default is to wait for none.
 FLOWER_NODE_MINIMA = ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes")
@@ -126,10 +138,10 @@ def build_strategy(
     cls: type,
     options: Mapping[str, Any],
     *,
-    context: Mapping[str, Any],
+    inputs: StrategyInputs,
     source: str,
 ) -> Any:
-    """Instantiate a strategy class from its scenario options plus injected context.
+    """Instantiate a strategy class from its scenario options plus fedsim's inputs.
 
     Only the injectable names the constructor declares are passed, so
     ``participation_probabilities`` reaches an oracle baseline and nothing else.
@@ -145,8 +157,9 @@ def build_strategy(
             )
     kwargs = dict(options)
     for name in INJECTABLE:
-        if name in parameters and name in context:
-            kwargs[name] = context[name]
+        value = getattr(inputs, name)
+        if name in parameters and value is not None:
+            kwargs[name] = value
     if cls.__module__.startswith("flwr."):
         for minimum in FLOWER_NODE_MINIMA:
             if minimum in parameters:

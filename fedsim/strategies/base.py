@@ -1,19 +1,22 @@
-"""The shell shared by fedsim's server-update strategies.
+"""The shells shared by fedsim's strategies.
 
 fedsim's strategies are Flower Message-API strategies (subclasses of Flower's
 ``FedAvg``), so they run unchanged in a real Flower deployment. What they add
-to Flower's class is kept here, once:
+to Flower's class is kept here, once. :class:`FedsimStrategy`, the base of all:
 
-- replies are turned into one ``(clients, parameters)`` tensor on the server
-  device, and a subclass implements only :meth:`ServerUpdateStrategy.server_update`,
-  a small function from (global vector, client vectors, node ids, example
-  counts) to the new global vector;
 - node selection samples from the reachable nodes with a seeded generator
   (Flower's own uses Python's global ``random``) and never waits for nodes that
   participation made unreachable (``min_*_nodes`` default to 0);
 - ``client_metrics`` (node id → metrics) carries per-client diagnostics of the
   last aggregation (FedAU's ω, FedLAW's λ) to the results;
 - ``state_dict``/``load_state_dict`` carry strategy state through checkpoints.
+
+:class:`ServerUpdateStrategy`, the base of the strategies with one global model:
+replies are turned into one ``(clients, parameters)`` tensor on the server
+device, and a subclass implements only :meth:`ServerUpdateStrategy.server_update`,
+a small function from (global vector, client vectors, node ids, example counts)
+to the new global vector. Decentralised strategies (one model per node,
+:mod:`fedsim.strategies.gossip`) build on :class:`FedsimStrategy` directly.
 
 Constructor keywords that fedsim fills in from the scenario when a strategy
 declares them: ``num_clients``, ``seed``, ``device`` and, for oracle baselines
@@ -44,8 +47,9 @@ def _weight(content: RecordDict, key: str) -> float:
     return float(value)
 
 
-class ServerUpdateStrategy(FedAvg):
-    """A Flower ``FedAvg`` whose aggregation is ``server_update`` on flat tensors."""
+class FedsimStrategy(FedAvg):
+    """A Flower ``FedAvg`` with seeded node selection, per-client diagnostics and a
+    checkpointable state; subclasses choose what is sent and how replies merge."""
 
     def __init__(
         self,
@@ -74,7 +78,6 @@ class ServerUpdateStrategy(FedAvg):
         self.seed = seed
         self.device = torch.device(device)
         self.client_metrics: dict[int, dict[str, float]] = {}
-        self._global: ArrayRecord | None = None
 
     # --- node selection ---------------------------------------------------
 
@@ -93,6 +96,25 @@ class ServerUpdateStrategy(FedAvg):
         config = ConfigRecord({**config, keys.SERVER_ROUND: rnd})
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return list(self._construct_messages(record, nodes, kind))
+
+    # --- checkpoints --------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Strategy state to checkpoint (override when a strategy keeps any)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
+
+
+class ServerUpdateStrategy(FedsimStrategy):
+    """One global model; aggregation is :meth:`server_update` on flat tensors."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._global: ArrayRecord | None = None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -149,14 +171,3 @@ class ServerUpdateStrategy(FedAvg):
     ) -> torch.Tensor | None:
         """The new global vector, or ``None`` to keep the model unchanged."""
         raise NotImplementedError
-
-    # --- checkpoints --------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """Strategy state to checkpoint (override when a strategy keeps any)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        if state:
-            raise ValueError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")

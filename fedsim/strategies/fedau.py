@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsim import keys
 from fedsim.strategies.base import ServerUpdateStrategy
 from fedsim.strategies.client_state import ClientRows
 from fedsim.strategies.fedavg import weighted_server_update
@@ -225,7 +226,9 @@ class FedAU(ServerUpdateStrategy):
         omega, new = participate(self._stats.take(rows), absent, self.cutoff)
         self._stats.gap[rows], self._stats.count[rows], self._stats.total[rows] = new.fields()
         self._last_round[rows] = server_round
-        self.client_metrics = {n: {"omega": float(w)} for n, w in zip(node_ids, omega, strict=True)}
+        self.client_metrics = {
+            n: {keys.OMEGA: float(w)} for n, w in zip(node_ids, omega, strict=True)
+        }
         assert self.num_clients is not None
         return weighted_server_update(
             global_vector, client_vectors, omega / self.num_clients, self.server_lr

@@ -52,7 +52,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from torch.func import functional_call
 
 from fedsim.arrays import Layout
-from fedsim.partition import class_balanced_indices
+from fedsim.data.partition import class_balanced_indices
 from fedsim.seeding import seed_sequence, torch_generator
 from fedsim.strategies.base import ServerUpdateStrategy
 

@@ -65,7 +65,7 @@ from flwr.serverapp import Grid
 from fedsim.arrays import Layout
 from fedsim.models import xavier_init_
 from fedsim.seeding import torch_generator
-from fedsim.strategies.base import ServerUpdateStrategy
+from fedsim.strategies.base import FedsimStrategy
 from fedsim.strategies.client_state import ClientRows
 from fedsim.strategies.variance_correction import (
     EPSILON,
@@ -145,7 +145,7 @@ def mix(matrix: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
     return matrix @ models
 
 
-class DecentralizedStrategy(ServerUpdateStrategy):
+class DecentralizedStrategy(FedsimStrategy):
     """Node models, topology and the round protocol; subclasses choose the merge.
 
     Options (``[strategy]`` table): ``topology`` (``ring`` | ``random-regular`` |

@@ -42,11 +42,11 @@ import pandas as pd
 import torch
 
 from fedsim.analysis import load_run
-from fedsim.client_data import ClientDataStore
+from fedsim.client.training import evaluate_arrays
+from fedsim.data.store import ClientDataStore
 from fedsim.models import build_model
-from fedsim.runner import DATA_DIR
+from fedsim.run.setup import DATA_DIR
 from fedsim.sweep import SweepPlan, plan_sweep, run_sweep
-from fedsim.training import evaluate_arrays
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS = ("reference_scaled", "hard_100_clients")

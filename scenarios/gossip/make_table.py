@@ -125,7 +125,7 @@ def run_grid(configs: list[Config], rounds: int, root: Path) -> dict[Config, flo
     import torch
 
     from fedsim.config import load_scenario
-    from fedsim.runner import run_scenario
+    from fedsim.run import run_scenario
 
     # The server evaluates 50 node models every round in this process: one thread is
     # many times faster than torch's default on an oversubscribed machine.

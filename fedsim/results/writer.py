@@ -1,55 +1,52 @@
-"""A run's results directory: long-format tables written atomically.
+"""Every write to a run directory: long-format tables kept in memory and flushed
+atomically, the per-client facts, the final model and, last, the summary.
 
-Layout of ``RUN_DIR``:
-
-- ``scenario.toml`` — the resolved scenario (after ``--set`` overrides);
-- ``metrics.parquet`` — one row per (round, client, phase, metric, value);
-  ``client`` is empty (<NA>) for server-side rows;
-- ``participation.parquet`` — one row per (round, client) for every client
-  that was reachable: available, selected, replied, failed, dropped, late;
-- ``events.jsonl`` — failures and other notable events, one JSON object a line;
-- ``final_model.npz`` — the final global model (name → array);
-- ``checkpoint.pkl`` — while the run is unfinished: the state to resume from
-  (:mod:`fedsim.checkpoint`); removed once the run completes;
-- ``summary.json`` — written last: rounds done, final metrics, wall time.
-
-Every file is written to a temporary name and renamed into place, so a run
-killed at any moment leaves either the previous complete file or the new one.
+The files and their columns are named in :mod:`fedsim.results.schema`. Every file
+is written to a temporary name and renamed into place, so a run killed at any
+moment leaves either the previous complete file or the new one.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import tomli_w
 
-from fedsim import keys
-from fedsim.engine.reachable import RoundLog
+from fedsim.results.clients import ClientFacts
+from fedsim.results.schema import (
+    CLIENTS_FILE,
+    EVENT_CLIENT_FAILED,
+    EVENTS_FILE,
+    FINAL_MODEL_FILE,
+    METRIC_COLUMNS,
+    METRICS_FILE,
+    PARTICIPATION_COLUMNS,
+    PARTICIPATION_FILE,
+    SCENARIO_FILE,
+    SUMMARY_FILE,
+)
 
-METRICS_FILE = "metrics.parquet"
-PARTICIPATION_FILE = "participation.parquet"
-SCENARIO_FILE = "scenario.toml"
-EVENTS_FILE = "events.jsonl"
-SUMMARY_FILE = "summary.json"
-FINAL_MODEL_FILE = "final_model.npz"
 
-METRIC_COLUMNS = ["round", "client", "phase", "metric", "value"]
-PARTICIPATION_COLUMNS = [
-    "round",
-    "client",
-    "available",
-    "selected",
-    "replied",
-    "failed",
-    "dropped",
-    "late",
-]
+@dataclass
+class RoundLog:
+    """What happened to every client in one round (client ids, not node ids): the
+    engine fills it in, :meth:`RunWriter.participation` turns it into rows."""
+
+    available: np.ndarray
+    selected: set[int] = field(default_factory=set)
+    replied: set[int] = field(default_factory=set)
+    failed: dict[int, str] = field(default_factory=dict)
+    dropped: set[int] = field(default_factory=set)
+    late: dict[int, float] = field(default_factory=dict)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -115,7 +112,7 @@ class RunWriter:
                 )
             )
         for client, reason in sorted(log.failed.items()):
-            self.event(rnd, "client_failed", client=client, reason=reason)
+            self.event(rnd, EVENT_CLIENT_FAILED, client=client, reason=reason)
 
     def event(self, rnd: int, kind: str, **fields: Any) -> None:
         self.events.append({"round": rnd, "event": kind, **fields})
@@ -137,7 +134,18 @@ class RunWriter:
         text = "".join(json.dumps(e, default=str) + "\n" for e in self.events)
         atomic_write_bytes(self.run_dir / EVENTS_FILE, text.encode())
 
+    def client_facts(self, facts: ClientFacts) -> None:
+        """Write ``clients.parquet`` (once, when the run's data is set up)."""
+        atomic_write_parquet(self.run_dir / CLIENTS_FILE, facts.to_frame())
+
+    def final_model(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write ``final_model.npz`` (name → array, in order)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        atomic_write_bytes(self.run_dir / FINAL_MODEL_FILE, buffer.getvalue())
+
     def finish(self, summary: dict[str, Any]) -> None:
+        """Flush the tables and write the summary: the run is complete from here on."""
         self.flush()
         atomic_write_bytes(
             self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str).encode()
@@ -168,6 +176,3 @@ class RunWriter:
             if client is None and row_phase == phase and name == metric:
                 return value
         return None
-
-
-CENTRAL_ACCURACY = (keys.PHASE_CENTRAL, "accuracy")

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.datasets import Dataset
-from fedsim.partition import label_counts
+from fedsim.data.datasets import Dataset
+from fedsim.data.partition import label_counts
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -55,7 +55,7 @@ class ClientDataStore:
     """Read access to a written store; every array is a read-only memory map.
 
     >>> import tempfile
-    >>> from fedsim.datasets import Dataset
+    >>> from fedsim.data.datasets import Dataset
     >>> data = Dataset("toy", np.arange(8, dtype=np.float32).reshape(4, 2),
     ...                np.array([0, 1, 1, 0]), np.zeros((1, 2), np.float32), np.array([1]), 2)
     >>> scratch = tempfile.TemporaryDirectory()

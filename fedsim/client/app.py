@@ -6,7 +6,7 @@ Flower's ``run_simulation`` and in a real deployment. Everything a process
 needs to serve clients (the memory-mapped client data store, the model on its
 device) is built once per process and cached, not per message.
 
-Local training is :mod:`fedsim.training`'s: plain SGD over a per-client data
+Local training is :mod:`fedsim.client.training`'s: plain SGD over a per-client data
 stream that persists across rounds. The stream's position lives in
 ``context.state`` (epoch, position), and each epoch's order is drawn from
 ``seeding.rng(seed, "data-stream", client, epoch)``, so it does not depend on
@@ -15,7 +15,7 @@ which actor serves the client.
 Cohorts: an engine worker that holds several train (or evaluate) messages for
 this app asks :meth:`FedsimClientApp.cohort_limit` how many it may hand over at
 once and :meth:`FedsimClientApp.serve_cohort` trains them as one stacked model
-(:func:`fedsim.training.cohort_sgd`); every message still gets its own reply,
+(:func:`fedsim.client.training.cohort_sgd`); every message still gets its own reply,
 and each node's Context its own stream position, exactly as one at a time. A
 model that cannot be vectorised is reported once (the limit is 1, with the
 reason) and served one message at a time.
@@ -49,8 +49,7 @@ from flwr.clientapp import ClientApp
 
 from fedsim import keys
 from fedsim.arrays import array_to_numpy, numpy_to_array, rows_to_records
-from fedsim.client_data import ClientDataStore
-from fedsim.device import (
+from fedsim.client.device import (
     device_to_host,
     host_to_device,
     load_arrays,
@@ -58,8 +57,7 @@ from fedsim.device import (
     resolve_device,
     state_to_record,
 )
-from fedsim.models import build_model
-from fedsim.training import (
+from fedsim.client.training import (
     CohortSteps,
     Stacked,
     cohort_bytes_per_client,
@@ -73,6 +71,8 @@ from fedsim.training import (
     slower_as_cohort,
     vectorisation_problem,
 )
+from fedsim.data.store import ClientDataStore
+from fedsim.models import build_model
 
 WHOAMI = "query.fedsim_whoami"
 

@@ -2,7 +2,7 @@
 
 A run loads its data set once, in the driver, as a :class:`Dataset` (float32 inputs in
 channels-first layout, int64 labels, an official or held-out test split); the partitioner
-then splits the training part across clients and :mod:`fedsim.client_data` stores it
+then splits the training part across clients and :mod:`fedsim.data.store` stores it
 memory-mapped for the actors. Keeping the loaders free of torchvision and of any network
 access makes runs reproducible on air-gapped clusters: a scenario names a local folder or a
 generator, and the same seed gives the same arrays.
@@ -10,7 +10,7 @@ generator, and the same seed gives the same arrays.
 Built in:
 
 - ``digits`` (scikit-learn's bundled 8x8 digits), ``mnist1d`` (Greydanus 2020,
-  https://arxiv.org/abs/2011.14439, see :mod:`fedsim.mnist1d`) and ``synthetic`` (FedProx's
+  https://arxiv.org/abs/2011.14439, see :mod:`fedsim.data.mnist1d`) and ``synthetic`` (FedProx's
   Synthetic(alpha, beta), Li et al. 2020, https://arxiv.org/abs/1812.06127) need no files;
 - ``mnist``/``fashion-mnist`` (IDX files), ``cifar10``/``cifar100`` (the python pickle
   batches) and ``npz`` read a local path;
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from fedsim import mnist1d
+from fedsim.data import mnist1d
+from fedsim.data.partition import holdout_size, holdout_sizes, parts_from_owner
 from fedsim.errors import ScenarioError
-from fedsim.partition import holdout_size, holdout_sizes, parts_from_owner
 from fedsim.seeding import rng
 
 

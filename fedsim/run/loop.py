@@ -31,9 +31,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedsim import keys
 from fedsim.arrays import array_to_numpy
-from fedsim.engine.reachable import ReachableGrid, RoundLog
+from fedsim.engine.reachable import ReachableGrid
 from fedsim.errors import RunError
-from fedsim.results import RunWriter
+from fedsim.results import EVENT_EVALUATE_FAILED, RoundLog, RunWriter
 from fedsim.seeding import seed_sequence
 
 CentralEvaluate = Callable[[int, ArrayRecord], dict[str, float]]
@@ -179,7 +179,9 @@ def run_rounds(
             for reply in evaluation_replies:
                 if reply.has_error():
                     client = client_of[reply.metadata.src_node_id]
-                    writer.event(rnd, "evaluate_failed", client=client, reason=reply.error.reason)
+                    writer.event(
+                        rnd, EVENT_EVALUATE_FAILED, client=client, reason=reply.error.reason
+                    )
                 else:
                     for record in reply.content.metric_records.values():
                         writer.metrics(

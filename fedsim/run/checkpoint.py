@@ -39,7 +39,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Context
 
 from fedsim.errors import FedsimError, RunError
-from fedsim.results import SCENARIO_FILE, SUMMARY_FILE, atomic_write_bytes
+from fedsim.results.writer import SCENARIO_FILE, SUMMARY_FILE, atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.pkl"
 FORMAT_VERSION = 1

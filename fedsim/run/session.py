@@ -1,0 +1,243 @@
+"""One session of a run on a started engine: the strategy built for the grid's nodes,
+the rounds (from a checkpoint, if resuming), checkpoints every k rounds and on a stop
+request, and the engine's cohort counts recorded per round.
+
+A run has one session, or several when it is interrupted and resumed; the
+results of all of them together equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid
+
+from fedsim import keys
+from fedsim.client.device import resolve_device
+from fedsim.client.training import evaluate_arrays
+from fedsim.config import Scenario
+from fedsim.engine.reachable import ReachableGrid
+from fedsim.errors import RunError
+from fedsim.results import (
+    EVENT_CHECKPOINT_FAILED,
+    EVENT_COHORT_FALLBACK,
+    SUMMARY_CLIENT_ROUNDS,
+    SUMMARY_COHORT_CLIENT_ROUNDS,
+    SUMMARY_COHORT_EVALUATIONS,
+    RunWriter,
+)
+from fedsim.run.checkpoint import (
+    Checkpoint,
+    RunInterrupted,
+    arrays_from_numpy,
+    arrays_to_numpy,
+    restore_rng,
+    restore_strategy,
+    rng_state,
+    save_checkpoint,
+    strategy_state,
+)
+from fedsim.run.loop import LoopSettings, run_rounds
+from fedsim.run.setup import RunSetup
+
+
+@dataclass
+class RunControl:
+    """How a caller steers a run: progress callback, stop request, resume point.
+
+    ``stop``: once set (the CLI sets it on Ctrl-C), the run ends after the current
+    round, writes a checkpoint and the results so far, and raises RunInterrupted.
+    """
+
+    on_round_end: Callable[[int, float | None], None] | None = None
+    stop: threading.Event | None = None
+    resume: Checkpoint | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        """Wall time of the run so far, earlier sessions of a resumed run included."""
+        before = self.resume.elapsed_s if self.resume is not None else 0.0
+        return before + time.monotonic() - self.started
+
+
+def central_evaluator(
+    setup: RunSetup, device: torch.device
+) -> Callable[[int, ArrayRecord], dict[str, float]] | None:
+    """Test-set loss and accuracy of the global model, on the server device."""
+    if not setup.scenario.evaluate.central or setup.model is None or setup.store is None:
+        return None
+    model = setup.model.to(device)
+    x, y = setup.store.central_test()
+    batch_size = setup.scenario.evaluate.batch_size
+
+    def evaluate(_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        state = {name: torch.from_numpy(arrays[name].numpy()) for name in arrays}
+        model.load_state_dict(state)
+        loss, accuracy = evaluate_arrays(model, x, y, device=device, batch_size=batch_size)
+        return {keys.METRIC_LOSS: loss, keys.METRIC_ACCURACY: accuracy}
+
+    return evaluate
+
+
+def _origin(scenario: Scenario) -> tuple[str, str]:
+    """The scenario file and folder as absolute paths (a resume may run elsewhere)."""
+    source = scenario.source
+    if Path(source).is_file():
+        source = str(Path(source).resolve())
+    return source, str(Path(scenario.base_dir).resolve())
+
+
+def run_session(
+    setup: RunSetup,
+    grid: Grid,
+    node_of_client: dict[int, int],
+    writer: RunWriter,
+    control: RunControl | None = None,
+) -> ArrayRecord:
+    """Build the strategy for this grid and run every round (from a checkpoint, if any).
+
+    Checkpoints need the grid's per-node Contexts (``RayGrid.contexts``); Flower's
+    own engine keeps them out of reach, so under it no checkpoint is written.
+    """
+    control = control or RunControl()
+    scenario = setup.scenario
+    assert setup.run_dir is not None
+    run_dir = setup.run_dir
+    server_device = resolve_device(scenario.engine.server_device)
+    reachable = ReachableGrid(
+        grid,
+        node_of_client=node_of_client,
+        reachable=setup.pattern.reachable,
+        faults=setup.faults,
+    )
+    strategy = setup.strategy.build(
+        setup.strategy_inputs(node_of_client, str(server_device)), scenario.source
+    )
+    settings = LoopSettings(
+        rounds=scenario.rounds,
+        seed=scenario.seed,
+        timeout=scenario.engine.timeout,
+        evaluate_every=scenario.evaluate.every,
+        central=central_evaluator(setup, server_device),
+        federated=scenario.evaluate.federated,
+        train_config={},
+        max_failures=scenario.engine.max_failures_per_round,
+        max_failure_fraction=scenario.engine.max_failure_fraction,
+    )
+    contexts: dict[int, Context] | None = getattr(grid, "contexts", None)
+    arrays, first_round = setup.initial_arrays, 1
+    if control.resume is not None:
+        if contexts is None:
+            raise RunError(f"{run_dir}: this engine cannot resume a run")
+        resume = control.resume
+        restore_strategy(strategy, resume.strategy)
+        contexts.clear()
+        contexts.update(resume.contexts)
+        arrays, first_round = arrays_from_numpy(resume.arrays), resume.round + 1
+        restore_rng(resume.rng)
+    unsaved: list[str] = []
+
+    def checkpoint(rnd: int, arrays: ArrayRecord) -> bool:
+        writer.flush()
+        if contexts is None or unsaved:
+            return False
+        source, base_dir = _origin(scenario)
+        try:
+            state = strategy_state(strategy)
+        except Exception as error:  # whatever pickling a user strategy's attributes raises
+            unsaved.append(f"{type(error).__name__}: {error}")
+            writer.event(rnd, EVENT_CHECKPOINT_FAILED, reason=f"strategy state: {unsaved[0]}")
+            writer.flush()
+            return False
+        save_checkpoint(
+            run_dir,
+            Checkpoint(
+                round=rnd,
+                arrays=arrays_to_numpy(arrays),
+                strategy=state,
+                contexts=dict(contexts),
+                results=writer.snapshot(),
+                source=source,
+                base_dir=base_dir,
+                elapsed_s=control.elapsed(),
+                proxy_data=setup.proxy_data,
+                rng=rng_state(),
+            ),
+        )
+        return True
+
+    cohorts = CohortBookkeeping(grid, writer)
+
+    def round_end(rnd: int, arrays: ArrayRecord) -> None:
+        cohorts.record(rnd, writer)
+        last = rnd == scenario.rounds
+        stopping = control.stop is not None and control.stop.is_set() and not last
+        every = scenario.checkpoint_every
+        saved = False
+        if stopping or (every and rnd % every == 0 and not last):
+            saved = checkpoint(rnd, arrays)
+        if control.on_round_end is not None:
+            control.on_round_end(rnd, writer.latest(keys.PHASE_CENTRAL, keys.METRIC_ACCURACY))
+        if stopping:
+            raise RunInterrupted(rnd, scenario.rounds, run_dir, resumable=saved)
+
+    return run_rounds(
+        grid=reachable,
+        strategy=strategy,
+        arrays=arrays,
+        settings=settings,
+        writer=writer,
+        first_round=first_round,
+        on_round_end=round_end,
+    )
+
+
+COHORT_COUNTS = ("train_served", "cohort_train", "cohort_evaluate")
+
+
+class CohortBookkeeping:
+    """Per round, how many train messages a grid served, and how many train and evaluate
+    messages in cohorts (timing rows ``train_served``, ``cohort_train``,
+    ``cohort_evaluate``); and one ``cohort_fallback`` event per reason, the first time
+    messages are served one at a time for it (a resumed run knows its earlier events)."""
+
+    def __init__(self, grid: Grid, writer: RunWriter) -> None:
+        self.stats: dict[str, float] | None = getattr(grid, "stats", None)
+        self.fallbacks: Counter[str] | None = getattr(grid, "cohort_fallbacks", None)
+        self.counted = dict.fromkeys(COHORT_COUNTS, 0.0)
+        self.reported = {
+            str(e.get("reason")) for e in writer.events if e["event"] == EVENT_COHORT_FALLBACK
+        }
+
+    def record(self, rnd: int, writer: RunWriter) -> None:
+        if self.stats is None:
+            return
+        rows = [(name, self.stats[name] - self.counted[name]) for name in COHORT_COUNTS]
+        writer.metrics(rnd, None, keys.PHASE_TIMING, rows)
+        self.counted = {name: self.stats[name] for name in COHORT_COUNTS}
+        for reason in sorted(set(self.fallbacks or ()) - self.reported):
+            writer.event(rnd, EVENT_COHORT_FALLBACK, reason=reason)
+            self.reported.add(reason)
+
+
+def cohort_summary(writer: RunWriter) -> dict[str, int]:
+    """Client-rounds trained in all and in cohorts, from the run's timing rows (a
+    resumed run's earlier rounds included)."""
+    totals: Counter[str] = Counter()
+    for _, client, phase, name, value in writer.metric_rows:
+        if client is None and phase == keys.PHASE_TIMING and name in COHORT_COUNTS:
+            totals[name] += int(value)
+    if not totals:
+        return {}  # an engine that does not count (Flower's)
+    return {
+        SUMMARY_CLIENT_ROUNDS: totals["train_served"],
+        SUMMARY_COHORT_CLIENT_ROUNDS: totals["cohort_train"],
+        SUMMARY_COHORT_EVALUATIONS: totals["cohort_evaluate"],
+    }
