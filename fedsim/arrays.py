@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -220,6 +221,18 @@ class Layout:
     @functools.cached_property
     def size(self) -> int:
         return sum(self.sizes)
+
+    @functools.cached_property
+    def bounds(self) -> tuple[tuple[int, int], ...]:
+        """Each tensor's ``[start, stop)`` columns in the flat vector: the one place the
+        strategies' views of a model's parts (variance correction's segments, FedLAW's
+        parameter/buffer split, L-DAWA's layers) derive from.
+
+        >>> Layout(("w", "b"), ((2, 3), (3,)), (np.dtype("float32"),) * 2).bounds
+        ((0, 6), (6, 9))
+        """
+        starts = [0, *itertools.accumulate(self.sizes)]
+        return tuple(itertools.pairwise(starts))
 
     def flatten(self, record: ArrayRecord, device: str | torch.device = "cpu") -> torch.Tensor:
         """The record as one float32 vector (in this layout's order) on ``device``."""

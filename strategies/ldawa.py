@@ -38,6 +38,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from fedsim.arrays import Layout
 from fedsim.strategies.base import ServerUpdateStrategy
 
 NORMALISATIONS = ("count", "similarity")
@@ -64,14 +65,11 @@ def segments_of(arrays: ArrayRecord) -> list[Segment]:
     >>> segments_of(record)
     [Segment(start=0, stop=4, scaled=True), Segment(start=4, stop=5, scaled=False)]
     """
-    segments = []
-    offset = 0
-    for name in arrays:
-        shape = tuple(arrays[name].shape)
-        size = int(np.prod(shape))
-        segments.append(Segment(offset, offset + size, scaled=len(shape) > 0))
-        offset += size
-    return segments
+    layout = Layout.of(arrays)
+    return [
+        Segment(start, stop, scaled=len(shape) > 0)
+        for (start, stop), shape in zip(layout.bounds, layout.shapes, strict=True)
+    ]
 
 
 def layer_cosines(

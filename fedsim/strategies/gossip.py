@@ -242,7 +242,7 @@ class DecentralizedStrategy(FedsimStrategy):
     def _ensure_models(self, arrays: ArrayRecord) -> Layout:
         if self._layout is None:
             self._layout = Layout.of(arrays)
-            self._segments = Segments.of(self._layout.names, self._layout.sizes)
+            self._segments = Segments.of_layout(self._layout)
         if self._models is None:
             self._models = self._initial_models(self._layout, arrays)
         return self._layout

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fedsim.arrays import Layout
+
 EPSILON = 1e-4
 RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -65,12 +67,13 @@ class Segments:
         """Segments of tensors laid out one after the other, in order."""
         if len(names) != len(sizes):
             raise ValueError(f"{len(names)} names for {len(sizes)} sizes")
-        bounds: list[tuple[int, int]] = []
-        start = 0
-        for size in sizes:
-            bounds.append((start, start + int(size)))
-            start += int(size)
-        return cls(tuple(names), tuple(bounds))
+        bounds = Layout(tuple(names), tuple((int(s),) for s in sizes), ()).bounds
+        return cls(tuple(names), bounds)
+
+    @classmethod
+    def of_layout(cls, layout: Layout) -> Segments:
+        """The segments of a model's :class:`~fedsim.arrays.Layout`."""
+        return cls(layout.names, layout.bounds)
 
     @property
     def size(self) -> int:
