@@ -54,10 +54,55 @@ def numpy_to_array(ndarray: np.ndarray) -> Array:
     return Array(dtype=ndarray.dtype.name, shape=shape, stype=SType.NUMPY, data=data)
 
 
+class Block:
+    """A cohort's models as one ``(clients, parameters)`` float32 tensor, left where the
+    cohort trained it (on the GPU, say), with a host copy made once, on first need.
+
+    An aggregation on the same device reads the rows there (:meth:`Layout.stack`): a
+    round's models then never leave the GPU. Anything that reads the bytes (a Flower
+    strategy, a pickle to the Ray driver) gets them from the one host copy.
+
+    >>> block = Block(torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    >>> block.shape, block.dtype.name, block.host()[1].tolist()
+    ((2, 3), 'float32', [3.0, 4.0, 5.0])
+    """
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor.detach()
+        self._host: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.tensor.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(str(self.tensor.dtype).removeprefix("torch."))
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensor.nelement() * self.tensor.element_size()
+
+    def host(self) -> np.ndarray:
+        """The block in host memory (a view of the tensor when it is there already)."""
+        if self._host is None:
+            self._host = np.ascontiguousarray(self.tensor.cpu().numpy())
+        return self._host
+
+    def on(self, device: torch.device) -> bool:
+        """Whether the block's tensor is on ``device`` (``cuda`` matches ``cuda:0``...)."""
+        here = self.tensor.device
+        return here.type == device.type and device.index in (None, here.index)
+
+
+def _host(block: np.ndarray | Block) -> np.ndarray:
+    return block.host() if isinstance(block, Block) else block
+
+
 class RowArray(Array):
     """An ``Array`` that is a slice of one row of a shared ``(clients, parameters)`` block.
 
-    A cohort's replies (:mod:`fedsim.client.app`) are rows of one stacked host block:
+    A cohort's replies (:mod:`fedsim.client.app`) are rows of one stacked :class:`Block`:
     giving every reply's array its own bytes would copy the whole cohort (110 MB a
     round for 50 CIFAR CNNs) only for the strategy to copy it back into rows. A
     RowArray makes its bytes on first use of ``data`` (the very bytes of
@@ -72,7 +117,7 @@ class RowArray(Array):
     """
 
     def __init__(  # Array's fields, set without building the bytes
-        self, block: np.ndarray, row: int, start: int, shape: tuple[int, ...]
+        self, block: np.ndarray | Block, row: int, start: int, shape: tuple[int, ...]
     ) -> None:
         self.__dict__.update(dtype=block.dtype.name, shape=tuple(shape), stype=SType.NUMPY)
         self.__dict__["_slice"] = (block, row, start, math.prod(shape))
@@ -86,7 +131,7 @@ class RowArray(Array):
         return data
 
     @property
-    def block(self) -> tuple[np.ndarray, int, int]:
+    def block(self) -> tuple[np.ndarray | Block, int, int]:
         """(the block, this array's row, its first column)."""
         block, row, start, _ = self.__dict__["_slice"]
         return block, row, start
@@ -94,13 +139,13 @@ class RowArray(Array):
     def values(self) -> np.ndarray:
         """The array as a read-only view of the block."""
         block, row, start, size = self.__dict__["_slice"]
-        view = block[row, start : start + size].reshape(self.shape).view()
+        view = _host(block)[row, start : start + size].reshape(self.shape).view()
         view.flags.writeable = False
         return view
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         block, row, start, _ = self.__dict__["_slice"]
-        return (RowArray, (block, row, start, self.shape))
+        return (RowArray, (_host(block), row, start, self.shape))
 
     def __copy__(self) -> Array:
         return Array(self.dtype, self.shape, self.stype, self.data)
@@ -110,7 +155,7 @@ class RowArray(Array):
 
 
 def rows_to_records(
-    block: np.ndarray, names: Sequence[str], shapes: Sequence[tuple[int, ...]]
+    block: np.ndarray | Block, names: Sequence[str], shapes: Sequence[tuple[int, ...]]
 ) -> list[ArrayRecord]:
     """One ``ArrayRecord`` per row of ``block``, its arrays :class:`RowArray` slices of the
     row (``names`` and ``shapes`` in the row's order).
@@ -120,7 +165,8 @@ def rows_to_records(
     >>> records[1]["w"].numpy().tolist(), float(records[1]["b"].numpy())
     ([3.0, 4.0], 5.0)
     """
-    block = np.ascontiguousarray(block)
+    if not isinstance(block, Block):
+        block = np.ascontiguousarray(block)
     starts = np.cumsum([0] + [math.prod(shape) for shape in shapes]).tolist()
     out = []
     for row in range(block.shape[0]):
@@ -260,8 +306,11 @@ class Layout:
         rows = rows_tensor.numpy()
         shared = self._shared_block(records)
         if shared is not None:  # a cohort's replies: one gather of the block's rows
+            block, picked = shared
+            if isinstance(block, Block) and block.on(target):
+                return block.tensor.index_select(0, torch.tensor(picked, device=target))
             # mode="clip": the rows are valid, and "raise" would buffer the whole output.
-            np.take(shared[0], shared[1], axis=0, out=rows, mode="clip")
+            np.take(_host(block), picked, axis=0, out=rows, mode="clip")
             return rows_tensor if target.type == "cpu" else rows_tensor.to(target)
 
         def fill(index: int) -> None:
@@ -278,11 +327,13 @@ class Layout:
         # From the reused buffer the copy is synchronous: the next round may refill it.
         return rows_tensor if target.type == "cpu" else rows_tensor.to(target)
 
-    def _shared_block(self, records: Sequence[ArrayRecord]) -> tuple[np.ndarray, list[int]] | None:
+    def _shared_block(
+        self, records: Sequence[ArrayRecord]
+    ) -> tuple[np.ndarray | Block, list[int]] | None:
         """(block, row of each record) when every array of ``records`` is a
         :class:`RowArray` of one float32 block laid out as this layout; else None."""
         starts = np.cumsum((0, *self.sizes)).tolist()
-        block: np.ndarray | None = None
+        block: np.ndarray | Block | None = None
         picked: list[int] = []
         for record in records:
             row: int | None = None

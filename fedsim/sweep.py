@@ -57,9 +57,8 @@ from fedsim.config import (
     scenario_from_dict,
 )
 from fedsim.errors import FedsimError, ScenarioError
-from fedsim.results import SCENARIO_FILE, SUMMARY_FILE, atomic_write_bytes
+from fedsim.results import SCENARIO_FILE, SUMMARY_FILE, SWEEP_MANIFEST, atomic_write_bytes
 
-MANIFEST_FILE = "sweep.json"
 SWEEP_KEYS = ("grid", "seeds")
 SEED_KEY = "seed"
 MAX_NAME_LENGTH = 160
@@ -390,7 +389,7 @@ class _Manifest:
     """``sweep.json``: the plan and each run's status, rewritten atomically on change."""
 
     def __init__(self, plan: SweepPlan) -> None:
-        self.path = plan.directory / MANIFEST_FILE
+        self.path = plan.directory / SWEEP_MANIFEST
         self.content: dict[str, Any] = {
             "format": 1,
             "scenario": str(plan.scenario_file.resolve()),

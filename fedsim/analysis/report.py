@@ -217,7 +217,7 @@ def participation_figure(frame: pd.DataFrame, paths: Mapping[str, Path]) -> Figu
 
 def omega_figure(frame: pd.DataFrame, paths: Mapping[str, Path]) -> Figure | None:
     """FedAU's ω vs 1/p_n per configuration that recorded ω; None when none did."""
-    with_omega = frame[(frame["metric"] == "omega") & (frame["phase"] == keys.PHASE_SERVER)]
+    with_omega = frame[(frame["metric"] == keys.OMEGA) & (frame["phase"] == keys.PHASE_SERVER)]
     if with_omega.empty:
         return None
     subset = frame[frame["run"].isin(set(with_omega["run"]))]
@@ -296,7 +296,7 @@ def _save(figure: Figure, path: Path) -> Path:
 def write_report(
     path: str | Path,
     *,
-    metric: str = "accuracy",
+    metric: str = keys.METRIC_ACCURACY,
     out: str | Path | None = None,
     target: float | None = None,
     phase: str | None = None,

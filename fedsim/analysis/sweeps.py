@@ -149,7 +149,7 @@ def server_rows(frame: pd.DataFrame, metric: str, phase: str | None = None) -> p
 
 def curve(
     frame: pd.DataFrame,
-    metric: str = "accuracy",
+    metric: str = keys.METRIC_ACCURACY,
     *,
     by: Iterable[str] | None = None,
     phase: str | None = None,
@@ -181,7 +181,7 @@ def curve(
 
 def run_results(
     frame: pd.DataFrame,
-    metric: str = "accuracy",
+    metric: str = keys.METRIC_ACCURACY,
     *,
     phase: str | None = None,
     target: float | None = None,
@@ -220,7 +220,7 @@ def run_results(
 
 def summary_table(
     frame: pd.DataFrame,
-    metric: str = "accuracy",
+    metric: str = keys.METRIC_ACCURACY,
     *,
     by: Iterable[str] | None = None,
     phase: str | None = None,

@@ -48,7 +48,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from fedsim import keys
-from fedsim.arrays import array_to_numpy, numpy_to_array, rows_to_records
+from fedsim.arrays import Block, array_to_numpy, numpy_to_array, rows_to_records
 from fedsim.client.device import (
     device_to_host,
     host_to_device,
@@ -209,16 +209,17 @@ class _Workspace:
     def records(state: Stacked) -> list[ArrayRecord]:
         """One ArrayRecord per client of a stacked state (the arrays state_to_record gives).
 
-        A float32 model comes back as one ``(clients, parameters)`` host block (one
-        transfer from an accelerator), each reply's arrays slices of its row
-        (:class:`~fedsim.arrays.RowArray`: no bytes copied until someone reads them, and
-        fedsim's aggregation reads the rows directly)."""
+        A float32 model comes back as one ``(clients, parameters)`` block left on the
+        device (:class:`~fedsim.arrays.Block`), each reply's arrays slices of its row
+        (:class:`~fedsim.arrays.RowArray`: no bytes, and no transfer from an
+        accelerator, until someone reads them; fedsim's aggregation reads the rows
+        where they are)."""
         tensors = [tensor.detach() for tensor in state.values()]
         count = tensors[0].shape[0] if tensors else 0
         if tensors and all(tensor.dtype == torch.float32 for tensor in tensors):
             block = torch.cat([tensor.reshape(count, -1) for tensor in tensors], dim=1)
             shapes = [tuple(tensor.shape[1:]) for tensor in tensors]
-            return rows_to_records(block.cpu().numpy(), list(state), shapes)
+            return rows_to_records(Block(block), list(state), shapes)
         host = device_to_host(tensors)
         out = []
         for k in range(count):
