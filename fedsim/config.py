@@ -13,14 +13,13 @@ The reference for every key is docs/scenario.md.
 from __future__ import annotations
 
 import copy
-import math
 import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedsim.errors import ScenarioError
+from fedsim.options import Options
 
 TOP_LEVEL = {
     "name",
@@ -73,91 +72,6 @@ ENGINE_KEYS = {
 EVALUATE_KEYS = {"every", "central", "federated", "batch_size"}
 CHECKPOINT_KEYS = {"every"}
 ENGINE_KINDS = ("ray", "inline", "flower")
-
-
-class _Reader:
-    """Typed, range-checked access to one table of the scenario."""
-
-    def __init__(self, source: str, prefix: str, table: Mapping[str, Any]) -> None:
-        self.source = source
-        self.prefix = prefix
-        self.table = table
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def fail(self, name: str, expected: str, got: object = ...) -> ScenarioError:
-        return ScenarioError(self.source, self.key(name), expected, got=got)
-
-    def only(self, allowed: set[str]) -> None:
-        for name in self.table:
-            if name not in allowed:
-                raise self.fail(name, f"one of the known keys ({', '.join(sorted(allowed))})")
-
-    def integer(self, name: str, default: int | None, *, minimum: int | None = None) -> int:
-        value = self.table.get(name, default)
-        if value is None:
-            raise self.fail(name, "an integer (this key is required)")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(name, "an integer", value)
-        if minimum is not None and value < minimum:
-            raise self.fail(name, f"an integer >= {minimum}", value)
-        return value
-
-    def optional_integer(self, name: str, *, minimum: int) -> int | None:
-        return self.integer(name, None, minimum=minimum) if name in self.table else None
-
-    def number(
-        self,
-        name: str,
-        default: float,
-        *,
-        minimum: float | None = None,
-        maximum: float | None = None,
-        open_maximum: bool = False,
-        open_minimum: bool = False,
-    ) -> float:
-        value = self.table.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise self.fail(name, "a number", value)
-        low = minimum is None or (value > minimum if open_minimum else value >= minimum)
-        high = maximum is None or (value < maximum if open_maximum else value <= maximum)
-        if not (low and high):
-            lo = "" if minimum is None else ("(" if open_minimum else "[") + f"{minimum}"
-            hi = "" if maximum is None else f"{maximum}" + (")" if open_maximum else "]")
-            if minimum is not None and maximum is not None:
-                expected = f"a number in {lo}, {hi}"
-            elif minimum is not None:
-                expected = f"a number {'>' if open_minimum else '>='} {minimum}"
-            else:
-                expected = f"a number {'<' if open_maximum else '<='} {maximum}"
-            raise self.fail(name, expected, value)
-        return float(value)
-
-    def text(self, name: str, default: str | None, *, choices: tuple[str, ...] = ()) -> str:
-        value = self.table.get(name, default)
-        if value is None:
-            raise self.fail(name, "a string (this key is required)")
-        if not isinstance(value, str):
-            raise self.fail(name, "a string", value)
-        if choices and value not in choices:
-            raise self.fail(name, f"one of {', '.join(choices)}", value)
-        return value
-
-    def optional_text(self, name: str) -> str | None:
-        return self.text(name, None) if name in self.table else None
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.table.get(name, default)
-        if not isinstance(value, bool):
-            raise self.fail(name, "true or false", value)
-        return value
-
-    def subtable(self, name: str) -> dict[str, Any]:
-        value = self.table.get(name, {})
-        if not isinstance(value, dict):
-            raise self.fail(name, "a table", value)
-        return value
 
 
 @dataclass(frozen=True)
@@ -300,14 +214,14 @@ def scenario_from_dict(
 ) -> Scenario:
     """Validate a scenario given as a dict (the parsed TOML)."""
     base_dir = Path.cwd() if base_dir is None else base_dir
-    top = _Reader(source, "", raw)
+    top = Options(raw, source=source)
     top.only(TOP_LEVEL)
     name = top.text("name", Path(source).stem if source != "<scenario>" else "run")
     seed = top.integer("seed", 0, minimum=0)
     rounds = top.integer("rounds", None, minimum=1)
 
-    client = _client(_Reader(source, "client", top.subtable("client")))
-    data = _data(_Reader(source, "data", top.subtable("data")), user_app=client.app is not None)
+    client = _client(top.child("client"))
+    data = _data(top.child("data"), user_app=client.app is not None)
     model = dict(top.subtable("model"))
     if client.app is None and not model:
         raise ScenarioError(source, "model", "a [model] table with name or factory")
@@ -319,8 +233,8 @@ def scenario_from_dict(
     if not isinstance(strategy["name"], str) or not strategy["name"]:
         raise ScenarioError(source, "strategy.name", "a strategy name", got=strategy["name"])
 
-    engine = _engine(_Reader(source, "engine", top.subtable("engine")))
-    evaluate_reader = _Reader(source, "evaluate", top.subtable("evaluate"))
+    engine = _engine(top.child("engine"))
+    evaluate_reader = top.child("evaluate")
     evaluate_reader.only(EVALUATE_KEYS)
     evaluate = EvaluateConfig(
         every=evaluate_reader.integer("every", 1, minimum=0),
@@ -330,7 +244,7 @@ def scenario_from_dict(
     )
     if evaluate.central and data.dataset is None:
         raise ScenarioError(source, "evaluate.central", "false when [data] has no dataset")
-    checkpoint_reader = _Reader(source, "checkpoint", top.subtable("checkpoint"))
+    checkpoint_reader = top.child("checkpoint")
     checkpoint_reader.only(CHECKPOINT_KEYS)
     checkpoint_every = checkpoint_reader.integer("every", 10, minimum=0)
 
@@ -352,7 +266,7 @@ def scenario_from_dict(
     )
 
 
-def _data(reader: _Reader, *, user_app: bool) -> DataConfig:
+def _data(reader: Options, *, user_app: bool) -> DataConfig:
     dataset = reader.optional_text("dataset")
     if dataset is None and not user_app:
         raise reader.fail("dataset", "a dataset name (see `fedsim list`)")
@@ -377,7 +291,7 @@ def _data(reader: _Reader, *, user_app: bool) -> DataConfig:
     )
 
 
-def _client(reader: _Reader) -> ClientConfig:
+def _client(reader: Options) -> ClientConfig:
     reader.only(CLIENT_KEYS)
     local_steps = reader.optional_integer("local_steps", minimum=1)
     local_epochs = reader.optional_integer("local_epochs", minimum=1)
@@ -398,7 +312,7 @@ def _client(reader: _Reader) -> ClientConfig:
     )
 
 
-def _engine(reader: _Reader) -> EngineConfig:
+def _engine(reader: Options) -> EngineConfig:
     reader.only(ENGINE_KEYS)
     kind = reader.text("kind", "ray", choices=ENGINE_KINDS)
     if kind == "inline":
@@ -440,7 +354,7 @@ def _engine(reader: _Reader) -> EngineConfig:
     )
 
 
-def _cohort(reader: _Reader) -> str | int:
+def _cohort(reader: Options) -> str | int:
     value = reader.table.get("cohort", "auto")
     if value in ("auto", "off"):
         return str(value)

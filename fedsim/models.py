@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.errors import ScenarioError
+from fedsim.options import Options
 from fedsim.plugins import load_object
 from fedsim.seeding import torch_generator
 
@@ -128,43 +129,6 @@ def _check_data_shape(input_shape: tuple[int, ...], num_classes: int) -> None:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
 
 
-class _Options:
-    """A built-in model's options, read with type checks that fail as ScenarioErrors."""
-
-    def __init__(self, model: str, table: Mapping[str, Any], source: str | Path) -> None:
-        self.table = table
-        self.source = source
-        allowed = _OPTIONS[model]
-        for key in table:
-            if key not in allowed:
-                known = ", ".join(allowed) or "none besides name"
-                raise self.fail(key, f"an option of model '{model}' ({known})")
-
-    def fail(self, key: str, expected: str, got: object = ...) -> ScenarioError:
-        return ScenarioError(self.source, f"model.{key}", expected, got=got)
-
-    def int_list(self, key: str, default: Sequence[int]) -> list[int]:
-        value = self.table.get(key, default)
-        ok = isinstance(value, list | tuple) and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
-        )
-        if not ok:
-            raise self.fail(key, "a list of integers >= 1", value)
-        return list(value)
-
-    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
-        value = self.table.get(key, default)
-        if value not in choices:
-            raise self.fail(key, "one of " + ", ".join(f'"{c}"' for c in choices), value)
-        return str(value)
-
-    def integer(self, key: str, default: int, allowed: Sequence[int]) -> int:
-        value = self.table.get(key, default)
-        if isinstance(value, bool) or value not in allowed:
-            raise self.fail(key, "one of " + ", ".join(map(str, allowed)), value)
-        return int(value)
-
-
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "logreg": (),
     "mlp": ("hidden",),
@@ -184,7 +148,8 @@ def _builtin_call(
 ) -> Callable[[], nn.Module]:
     if not isinstance(name, str) or name not in MODEL_NAMES:
         raise ScenarioError(source, "model.name", "one of " + ", ".join(MODEL_NAMES), got=name)
-    opts = _Options(name, table, source)
+    opts = Options(table, source=source, prefix="model")
+    opts.only(_OPTIONS[name], f"an option of model '{name}' ({{known}})", none="none besides name")
     shape = tuple(int(d) for d in input_shape)
     if name == "logreg":
         return lambda: MLP(shape, num_classes, hidden=[])
@@ -202,7 +167,7 @@ def _builtin_call(
     norm = opts.choice("norm", "batch", NORMS)
     if "groups" in table and norm != "group":
         raise opts.fail("norm", '"group" when groups is set', norm)
-    groups = opts.integer("groups", 2, _GROUPS)
+    groups = opts.choice("groups", 2, _GROUPS)
     return lambda: ResNet20(shape, num_classes, norm=norm, groups=groups)
 
 

@@ -30,7 +30,7 @@ import math
 import os
 import pickle
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ import numpy as np
 from fedsim.data import mnist1d
 from fedsim.data.partition import holdout_size, holdout_sizes, parts_from_owner
 from fedsim.errors import ScenarioError
+from fedsim.options import Options, number_text
 from fedsim.seeding import rng
 
 
@@ -152,66 +153,75 @@ def load_dataset(
     return _LOADERS[name](opts, seed, num_clients, test_fraction)
 
 
-class _Options:
-    """Typed access to a data set's extra ``[data]`` keys, failing with a ScenarioError."""
+class _Options(Options):
+    """A data set's extra ``[data]`` keys: the scenario's table reader, with the wording
+    of the data set messages (one text for every failure of a number or an integer, the
+    data set named in a missing key's note) and a data set's own seed."""
 
     def __init__(
         self, source: str | Path, dataset: str, table: Mapping[str, Any], base_dir: Path
     ) -> None:
-        self.source = source
+        super().__init__(
+            table,
+            source=source,
+            prefix="data",
+            base_dir=base_dir,
+            required=f"required for dataset '{dataset}'",
+        )
         self.dataset = dataset
-        self.table = table
-        self.base_dir = Path(base_dir)
-        allowed = DATASET_OPTIONS[dataset]
-        for key in table:
-            if key not in allowed:
-                known = ", ".join(sorted(allowed)) or "none besides the common [data] keys"
-                raise self.fail(key, f"a key that dataset '{dataset}' takes ({known})")
+        self.only(
+            DATASET_OPTIONS[dataset],
+            f"a key that dataset '{dataset}' takes ({{known}})",
+            none="none besides the common [data] keys",
+        )
 
-    def fail(self, key: str, expected: str, got: object = ...) -> ScenarioError:
-        return ScenarioError(self.source, f"data.{key}", expected, got=got)
+    def integer(
+        self,
+        name: str,
+        default: int | None,
+        *,
+        minimum: int | None = None,
+        expected: str | None = None,
+    ) -> int:
+        expected = expected or f"an integer >= {minimum}"
+        return super().integer(name, default, minimum=minimum, expected=expected)
 
-    def integer(self, key: str, default: int, *, minimum: int) -> int:
-        value = self.table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(key, f"an integer >= {minimum}", value)
-        return value
+    def number(
+        self,
+        name: str,
+        default: float | None,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        open_minimum: bool = False,
+        open_maximum: bool = False,
+        finite: bool = True,
+        expected: str | None = None,
+    ) -> float:
+        bounds = (minimum, maximum, open_minimum, open_maximum)
+        return super().number(
+            name,
+            default,
+            minimum=minimum,
+            maximum=maximum,
+            open_minimum=open_minimum,
+            open_maximum=open_maximum,
+            finite=finite,
+            expected=expected or number_text(*bounds),
+        )
 
-    def number(self, key: str, default: float, *, minimum: float, strict: bool = False) -> float:
-        value = self.table.get(key, default)
-        ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-        if not ok or (value <= minimum if strict else value < minimum):
-            raise self.fail(key, f"a number {'>' if strict else '>='} {minimum}", value)
-        return float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, "true or false", value)
-        return value
-
-    def text(self, key: str, default: str | None, *, choices: tuple[str, ...] = ()) -> str:
-        value = self.table.get(key, default)
-        if value is None:
-            raise self.fail(key, f"a string (required for dataset '{self.dataset}')")
-        if not isinstance(value, str) or not value or (choices and value not in choices):
-            raise self.fail(key, f"one of {', '.join(choices)}" if choices else "a string", value)
-        return value
-
-    def optional_text(self, key: str) -> str | None:
-        return self.text(key, None) if key in self.table else None
-
-    def path(self, key: str, expected: str, *, folder: bool) -> Path:
-        value = self.table.get(key)
-        if value is None:
-            raise self.fail(key, f"a path to {expected} (required for dataset '{self.dataset}')")
-        if not isinstance(value, str) or not value:
-            raise self.fail(key, f"a path to {expected}", value)
-        path = Path(value).expanduser()
-        path = path if path.is_absolute() else self.base_dir / path
-        if not (path.is_dir() if folder else path.is_file()):
-            raise self.fail(key, f"a path to {expected}", str(path))
-        return path
+    def text(
+        self,
+        name: str,
+        default: str | None,
+        *,
+        choices: Sequence[str] = (),
+        nonempty: bool = True,
+        expected: str | None = None,
+    ) -> str:
+        if expected is None and choices:
+            expected = f"one of {', '.join(choices)}"
+        return super().text(name, default, choices=choices, nonempty=nonempty, expected=expected)
 
     def seed(self, run_seed: int) -> int:
         return self.integer("data_seed", run_seed, minimum=0)
@@ -317,7 +327,7 @@ def _synthetic(opts: _Options, seed: int, num_clients: int, test_fraction: float
     sigma = opts.number("samples_sigma", 2.0, minimum=0.0)
     mu = 4.0  # FedProx: floor(lognormal(4, 2)) + 50, a mean of about 453 examples
     if "samples_per_client" in opts.table:
-        mean = opts.number("samples_per_client", 0.0, minimum=float(min_samples), strict=True)
+        mean = opts.number("samples_per_client", 0.0, minimum=float(min_samples), open_minimum=True)
         mu = math.log(mean - min_samples) - sigma**2 / 2
     args = SyntheticArgs(
         alpha=opts.number("alpha", 1.0, minimum=0.0),

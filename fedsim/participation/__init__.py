@@ -146,7 +146,7 @@ def _checked(options: Mapping[str, Any], source: str | Path) -> Options:
     """The table, with a known pattern and only that pattern's keys and the fault keys."""
     table = Options(options, source=source)
     name = table.text("pattern", "always", choices=PATTERN_NAMES)
-    table.only({"pattern", *FAULT_KEYS, *PATTERN_KEYS[name]}, f'pattern "{name}"')
+    table.only_keys_of({"pattern", *FAULT_KEYS, *PATTERN_KEYS[name]}, f'pattern "{name}"')
     return table
 
 

@@ -144,11 +144,11 @@ def faults_from_options(options: Options, *, num_clients: int, seed: int) -> Fau
 
 def _latency(options: Options, num_clients: int) -> LatencyModel:
     table = options.child("latency")
-    table.only({"distribution", "params"}, "latency")
+    table.only_keys_of({"distribution", "params"}, "latency")
     distribution = table.text("distribution", None, choices=tuple(LATENCY_PARAMETERS))
     params = table.child("params")
     names = LATENCY_PARAMETERS[distribution]
-    params.only(set(names), f"latency distribution {distribution}")
+    params.only_keys_of(set(names), f"latency distribution {distribution}")
 
     def read(name: str, minimum: float, strict: bool = False) -> np.ndarray:
         return params.per_client(

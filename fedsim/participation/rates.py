@@ -140,16 +140,16 @@ def _label_rates(
 def _distribution(table: Options, num_clients: int, seed: int) -> np.ndarray:
     name = table.text("distribution", None, choices=RATE_DISTRIBUTIONS)
     if name == "uniform":
-        table.only({"distribution", "low", "high"}, "rates distribution uniform")
+        table.only_keys_of({"distribution", "low", "high"}, "rates distribution uniform")
         low = table.probability("low", 0.0)
         high = table.probability("high", 1.0)
         if high < low:
             raise table.fail("high", f"a number in [{low:g}, 1] (>= low)", high)
         return uniform_rates(num_clients, seed=seed, low=low, high=high)
     if name == "constant":
-        table.only({"distribution", "value"}, "rates distribution constant")
+        table.only_keys_of({"distribution", "value"}, "rates distribution constant")
         return np.full(num_clients, table.probability("value", None))
-    table.only({"distribution", "beta", "scale"}, "rates distribution lognormal")
+    table.only_keys_of({"distribution", "beta", "scale"}, "rates distribution lognormal")
     beta = table.number("beta", 0.1, minimum=0, maximum=1, open_maximum=True)
     scale = table.number("scale", 1.0, minimum=0, maximum=1, open_minimum=True)
     return lognormal_rates(num_clients, seed=seed, beta=beta, scale=scale)
