@@ -266,13 +266,21 @@ def scenario_from_dict(
     )
 
 
+# Per-client state (label mixes, participation rates, Flower Contexts) is held in
+# memory, so a mistyped count fails here rather than exhausting the machine.
+MAX_CLIENTS = 1_000_000
+
+
 def _data(reader: Options, *, user_app: bool) -> DataConfig:
     dataset = reader.optional_text("dataset")
     if dataset is None and not user_app:
         raise reader.fail("dataset", "a dataset name (see `fedsim list`)")
+    num_clients = reader.integer("num_clients", None, minimum=1)
+    if num_clients > MAX_CLIENTS:
+        raise reader.fail("num_clients", f"an integer from 1 to {MAX_CLIENTS}", num_clients)
     return DataConfig(
         dataset=dataset,
-        num_clients=reader.integer("num_clients", None, minimum=1),
+        num_clients=num_clients,
         partition=reader.text(
             "partition", "iid", choices=("iid", "dirichlet", "shards", "natural")
         ),
