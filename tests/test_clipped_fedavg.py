@@ -10,11 +10,12 @@ import torch
 
 from fedsim.plugins import load_object
 
-HERE = Path(__file__).parent
+ROOT = Path(__file__).resolve().parents[1]  # the repository: tests/ beside strategies/
 
 
 def load(name: str):
-    return load_object(f"clipped_fedavg.py:{name}", base_dir=HERE, source="test", key=name)
+    spec = f"strategies/clipped_fedavg.py:{name}"
+    return load_object(spec, base_dir=ROOT, source="test", key=name)
 
 
 def test_long_updates_are_clipped_and_short_ones_kept() -> None:

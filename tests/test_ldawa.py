@@ -172,13 +172,13 @@ def included_files() -> dict[str, str]:
 
 def test_guide_shows_the_example_files_verbatim() -> None:
     blocks = included_files()
-    assert set(blocks) == {"strategies/clipped_fedavg.py", "strategies/test_clipped_fedavg.py"}
+    assert set(blocks) == {"strategies/clipped_fedavg.py", "tests/test_clipped_fedavg.py"}
     for name, text in blocks.items():
         assert text == (ROOT / name).read_text(), f"{name} differs from its copy in the guide"
 
 
 def test_guide_example_tests_pass() -> None:
-    path = STRATEGIES / "test_clipped_fedavg.py"
+    path = ROOT / "tests" / "test_clipped_fedavg.py"
     spec = importlib.util.spec_from_file_location("guide_example_tests", path)
     assert spec is not None and spec.loader is not None
     guide_tests = importlib.util.module_from_spec(spec)
