@@ -37,7 +37,7 @@ from fedsim.config import scenario_from_dict
 from fedsim.engine.identity import node_id_of, set_identity
 from fedsim.run import RunSetup, build_run
 from fedsim.strategies.fedavg import FedAvg
-from tests.conftest import FixedGrid
+from tests.helpers import FixedGrid
 
 ROOT = Path(__file__).resolve().parent.parent
 

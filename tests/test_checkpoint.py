@@ -4,7 +4,8 @@
 without its timing rows, the participation table and the events (a resumed
 run adds one "resumed" event). Stops are a crash (an exception after some
 round, the process survives), a stop request (what Ctrl-C sets), SIGKILL of the
-whole ``fedsim run`` process group, and SIGINT to it.
+whole ``fedsim run`` process group, and SIGINT to it. The helpers that stop runs and
+compare results are in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ import os
 import pickle
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import tomli_w
 import torch
@@ -47,6 +45,13 @@ from fedsim.run.checkpoint import (
     strategy_state,
 )
 from fedsim.strategies.fedau import FedAU
+from tests.helpers import (
+    Crash,
+    assert_same_results,
+    crash_after,
+    start_cli,
+    wait_for_checkpoint,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP = FIXTURES / "faulty_client_app.py"
@@ -190,37 +195,6 @@ def write_scenario(tmp_path: Path, scenario: dict[str, Any], name: str) -> Path:
     return path
 
 
-def assert_same_results(resumed: Path, reference: Path) -> None:
-    a, b = np.load(resumed / "final_model.npz"), np.load(reference / "final_model.npz")
-    assert a.files == b.files
-    for name in a.files:
-        assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), name
-    run_a, run_b = load_run(resumed), load_run(reference)
-
-    def untimed(frame: pd.DataFrame) -> pd.DataFrame:
-        return frame[frame.phase != "timing"].reset_index(drop=True)
-
-    pd.testing.assert_frame_equal(untimed(run_a.metrics), untimed(run_b.metrics))
-    pd.testing.assert_frame_equal(run_a.participation, run_b.participation)
-    assert [e for e in run_a.events if e["event"] != "resumed"] == run_b.events
-    assert any(e["event"] == "resumed" for e in run_a.events)
-    timing = run_a.metrics[run_a.metrics.phase == "timing"]
-    assert sorted(set(timing["round"])) == sorted(set(run_b.metrics["round"]) - {0})
-    assert not (resumed / CHECKPOINT_FILE).exists()
-
-
-class Crash(Exception):
-    """Stands in for a process dying after some round."""
-
-
-def crash_after(round_: int) -> Any:
-    def on_round_end(rnd: int, _accuracy: float | None) -> None:
-        if rnd == round_:
-            raise Crash(f"crashed after round {rnd}")
-
-    return on_round_end
-
-
 @pytest.mark.slow
 def test_crash_then_resume_is_identical_on_digits(tmp_path: Path, ray_session: None) -> None:
     """fedsim's ClientApp (data-stream position in each Context), dropout faults,
@@ -284,31 +258,6 @@ def test_stop_request_checkpoints_and_resume_finishes(tmp_path: Path, ray_sessio
 # --- the real thing: signals to a `fedsim run` process --------------------------------
 
 
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fedsim.cli", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a shell job has
-    )
-
-
-def wait_for_checkpoint(run_dir: Path, round_: int, process: subprocess.Popen[str]) -> int:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        try:
-            done = load_checkpoint(run_dir).round
-        except FedsimError:
-            done = 0
-        if done >= round_:
-            return done
-        time.sleep(0.05)
-    raise AssertionError(f"no checkpoint of round {round_} within 300 s")
-
-
 SLOW_CLIENTS = {"every_sleep_s": 0.15}
 
 
@@ -357,3 +306,4 @@ def test_sigint_stops_after_the_round_with_exit_130_and_resumes(
     assert not [e for e in events if e["event"] == "client_failed"]  # no actor was hurt
     resumed, _ = resume_run(tmp_path / "interrupted")
     assert_same_results(resumed, reference)
+

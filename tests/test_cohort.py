@@ -46,7 +46,7 @@ from fedsim.engine.serving import CohortPolicy
 from fedsim.models import build_model
 from fedsim.run import resume_run, run_scenario
 from fedsim.seeding import rng
-from tests.test_checkpoint import (
+from tests.helpers import (
     Crash,
     assert_same_results,
     crash_after,

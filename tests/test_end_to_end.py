@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomli_w
 
 from fedsim.analysis import load_run, load_runs
 from fedsim.config import load_scenario
 from fedsim.models import build_model
 from fedsim.run import run_scenario
+from tests.helpers import digits_scenario, run_cli, write_scenario
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def digits_scenario(**changes: dict) -> dict:
-    scenario: dict = {
-        "name": "e2e",
-        "seed": 4,
-        "rounds": 4,
-        "data": {"dataset": "digits", "num_clients": 6, "partition": "iid"},
-        "model": {"name": "mlp", "hidden": [32]},
-        "client": {"local_steps": 20, "batch_size": 16, "lr": 0.1},
-        "participation": {"pattern": "uniform", "clients_per_round": 3},
-        "engine": {"num_actors": 2},
-    }
-    for table, values in changes.items():
-        if table == "participation":  # a pattern's keys belong to that pattern alone
-            scenario[table] = dict(values)
-        else:
-            scenario.setdefault(table, {}).update(values)
-    return scenario
-
-
-def write_scenario(tmp_path: Path, scenario: dict, name: str = "s.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(tomli_w.dumps(scenario))
-    return path
 
 
 def test_ray_run_trains_and_writes_tables(tmp_path: Path, ray_session: None) -> None:
@@ -110,16 +83,6 @@ def test_user_client_app_by_path(tmp_path: Path, ray_session: None) -> None:
     partitions = per_client[per_client.metric == "num-partitions"]
     assert set(partitions.value) == {4.0} and len(partitions) == 8
     assert "central" not in set(run.metrics.phase)
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 @pytest.mark.slow

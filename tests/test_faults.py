@@ -3,7 +3,8 @@
 A raising ClientApp, a Ray worker that dies, a straggler past the timeout, a
 NaN update, failure limits, and bad input to the command line. The ClientApp is
 tests/fixtures/faulty_client_app.py ("training" = 0.5 × model + partition + 1 +
-earlier calls), so every final model below is computed by hand.
+earlier calls), so every final model below is computed by hand (the toy runs and the
+expected models: tests/helpers.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -25,65 +25,8 @@ from fedsim.config import load_scenario
 from fedsim.engine.identity import node_id_of
 from fedsim.engine.ray_runtime import check_ray_address
 from fedsim.errors import FedsimError, RunError
-from fedsim.models import build_model
-from fedsim.run import run_scenario
 from fedsim.run.loop import divergence_error
-
-FIXTURES = Path(__file__).parent / "fixtures"
-APP = FIXTURES / "faulty_client_app.py"
-
-
-def toy_scenario(
-    rounds: int = 3, engine: dict[str, Any] | None = None, num_clients: int = 4, **config: Any
-) -> dict:
-    return {
-        "name": "faulty",
-        "seed": 3,
-        "rounds": rounds,
-        "data": {"num_clients": num_clients},
-        "model": {"factory": f"{APP}:make_model"},
-        "client": {"app": f"{APP}:app", "config": config},
-        "strategy": {"name": "fedavg", "uniform_weights": True},
-        "engine": {"num_actors": 2, **(engine or {})},
-    }
-
-
-def run_toy(tmp_path: Path, scenario: dict, name: str = "run") -> Path:
-    path = tmp_path / f"{name}.toml"
-    path.write_text(tomli_w.dumps(scenario))
-    run_dir, _ = run_scenario(load_scenario(path), tmp_path / name)
-    return run_dir
-
-
-def initial_weights(tmp_path: Path) -> dict[str, np.ndarray]:
-    model = build_model(
-        {"factory": f"{APP}:make_model"},
-        input_shape=(1,),
-        num_classes=1,
-        seed=3,
-        source="",
-        base_dir=tmp_path,
-    )
-    return {name: value.numpy() for name, value in model.state_dict().items()}
-
-
-def expected_model(tmp_path: Path, mean_steps: list[float]) -> dict[str, np.ndarray]:
-    """Each round: w ← 0.5 w + mean over the replies of (partition + 1 + earlier calls)."""
-    weights = initial_weights(tmp_path)
-    for step in mean_steps:
-        weights = {k: v * np.float32(0.5) + np.float32(step) for k, v in weights.items()}
-    return weights
-
-
-def assert_final(run_dir: Path, expected: dict[str, np.ndarray]) -> None:
-    final = np.load(run_dir / "final_model.npz")
-    for name, value in expected.items():
-        np.testing.assert_allclose(final[name], value, rtol=1e-6)
-
-
-def failures(run_dir: Path) -> list[tuple[int, int, str]]:
-    events = load_run(run_dir).events
-    return [(e["round"], e["client"], e["reason"]) for e in events if e["event"] == "client_failed"]
+from tests.helpers import assert_final, expected_model, failures, run_toy, toy_scenario
 
 
 def test_raising_client_is_a_failure_and_the_round_goes_on(

@@ -7,44 +7,19 @@ except in the property tests, which call ``server_update`` directly for speed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord
-from flwr.serverapp import Grid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsim.strategies.base import ServerUpdateStrategy
 from fedsim.strategies.fedau import FedAU, Intervals, eager_round, parse_cutoff
-from tests.conftest import FixedGrid, arrays_of, reply_from
+from tests.helpers import play
 
 A, B, C, D = 11, 12, 13, 14
-
-
-def play(
-    strategy: ServerUpdateStrategy,
-    server_round: int,
-    x: list[float],
-    replies: Mapping[int, list[float]],
-    nodes: list[int],
-) -> list[float] | None:
-    """One round through Flower messages: send x to ``nodes``, the nodes in ``replies`` answer."""
-    grid = cast(Grid, FixedGrid(nodes))
-    messages = list(strategy.configure_train(server_round, arrays_of(w=x), ConfigRecord(), grid))
-    assert set(replies) <= {m.metadata.dst_node_id for m in messages}
-    answers = [
-        reply_from(m, arrays_of(w=replies[m.metadata.dst_node_id]), 1.0)
-        for m in messages
-        if m.metadata.dst_node_id in replies
-    ]
-    arrays, _ = strategy.aggregate_train(server_round, answers)
-    return None if arrays is None else arrays["w"].numpy().tolist()
 
 
 def omegas_of(strategy: FedAU) -> dict[int, float]:

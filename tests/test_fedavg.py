@@ -7,7 +7,7 @@ import pytest
 from flwr.app import ConfigRecord
 
 from fedsim.strategies.fedavg import FedAvg, fedavg_weights
-from tests.conftest import FixedGrid, arrays_of, reply_from
+from tests.helpers import FixedGrid, arrays_of, reply_from
 
 NODES = [11, 12, 13]
 # Global x = [1, 2]; clients reply y = [3, 2], [1, 6], [0, 0] with 1, 3 and 4 examples.

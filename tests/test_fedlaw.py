@@ -27,7 +27,7 @@ from fedsim.strategies.fedlaw import (
     initial_theta,
     size_weights,
 )
-from tests.conftest import FixedGrid, reply_from
+from tests.helpers import FixedGrid, reply_from
 
 NODES = [11, 12, 13]
 EXAMPLES = [10.0, 30.0, 60.0]

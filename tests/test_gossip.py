@@ -28,7 +28,7 @@ from fedsim.strategies.gossip import (
 )
 from fedsim.strategies.variance_correction import Segments, corrected_average
 from fedsim.topology import TopologySpec, adjacency
-from tests.conftest import FixedGrid, arrays_of, reply_from
+from tests.helpers import FixedGrid, arrays_of, reply_from
 
 NODES = [101, 102, 103, 104]  # vertices 0..3 of a ring 0-1-2-3-0
 # Round 1: node 104 (vertex 3) is down; the others reply these trained models.

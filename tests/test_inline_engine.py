@@ -1,7 +1,7 @@
 """The inline engine (``engine.kind = "inline"``): the Ray engine's results, bit for bit,
 served in the driver process; its faults and its limits.
 
-The toy ClientApp is tests/fixtures/faulty_client_app.py (see tests/test_faults.py),
+The toy ClientApp is tests/fixtures/faulty_client_app.py (see tests/helpers.py),
 so final models are computed by hand.
 """
 
@@ -23,7 +23,7 @@ from fedsim.engine.identity import node_id_of
 from fedsim.engine.inline_grid import InlineGrid
 from fedsim.errors import ScenarioError
 from fedsim.run import run_scenario
-from tests.test_faults import assert_final, expected_model, failures, run_toy, toy_scenario
+from tests.helpers import assert_final, expected_model, failures, run_toy, toy_scenario
 
 INLINE = {"kind": "inline", "num_actors": 1}
 

@@ -20,7 +20,7 @@ from fedsim.errors import ScenarioError
 from fedsim.plugins import load_object
 from fedsim.run import run_scenario
 from fedsim.strategies import StrategyInputs, build_strategy, resolve_strategy_class
-from tests.conftest import FixedGrid, reply_from
+from tests.helpers import FixedGrid, reply_from
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ROOT / "strategies"

@@ -13,7 +13,7 @@ from fedsim.strategies.client_state import ClientRows, StoredUpdatesStrategy, Up
 from fedsim.strategies.fedau import FedAU
 from fedsim.strategies.fedvarp import FedVARP
 from fedsim.strategies.mifa import MIFA
-from tests.test_fedau import play
+from tests.helpers import play
 
 A, B, C = 11, 12, 13
 NODES = [A, B, C]

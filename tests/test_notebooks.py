@@ -1,7 +1,7 @@
 """Every notebook in analysis/ runs top to bottom on a small sweep of its family.
 
 The notebooks read the sweep directory from ``FEDSIM_RUNS``; the sweeps here are
-written by formula (tests/test_report.py), with each family's diagnostics.
+written by formula (tests/helpers_fake_runs.py), with each family's diagnostics.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.test_report import write_fake_sweep
+from tests.helpers_fake_runs import write_fake_sweep
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 FAMILIES = {

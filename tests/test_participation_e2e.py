@@ -21,7 +21,7 @@ from fedsim.participation import build_faults, build_pattern
 from fedsim.participation.matrix import participation_matrix as pattern_matrix
 from fedsim.run import run_scenario
 from fedsim.run.setup import client_label_distribution
-from tests.test_end_to_end import digits_scenario, run_cli, write_scenario
+from tests.helpers import digits_scenario, run_cli, write_scenario
 
 ROUNDS = 3
 NUM_CLIENTS = 6

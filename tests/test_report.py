@@ -1,21 +1,18 @@
 """`fedsim report` and the analysis helpers it uses, on runs whose numbers are known.
 
 The runs here are written through :class:`fedsim.results.RunWriter` from a formula
-(``accuracy_of``), so every entry of the summary table can be worked out by hand;
-tests/test_sweep.py reports on real runs.
+(``accuracy_of`` in tests/helpers_fake_runs.py), so every entry of the summary table
+can be worked out by hand; tests/test_sweep.py reports on real runs.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-import tomli_w
-from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from fedsim.analysis import (
@@ -29,93 +26,9 @@ from fedsim.analysis import (
 )
 from fedsim.analysis.report import Report, participation_codes, write_report
 from fedsim.cli import app
-from fedsim.config import Scenario
 from fedsim.errors import FedsimError
-from fedsim.results import ClientFacts, RoundLog, RunWriter
-from fedsim.sweep import plan_sweep, run_sweep
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RATES = [0.5, 0.25, 1.0, 0.2]
-BASE: dict[str, Any] = {
-    "name": "fake",
-    "seed": 1,
-    "rounds": 3,
-    "data": {"dataset": "digits", "num_clients": 4, "partition": "iid"},
-    "model": {"name": "mlp", "hidden": [16]},
-    "client": {"local_steps": 2, "batch_size": 16, "lr": 0.1},
-    "participation": {"pattern": "bernoulli", "rates": RATES},
-    "strategy": {"name": "fedavg"},
-    "engine": {"num_actors": 1},
-}
-STRATEGY_BASE = {"fedavg": 0.5, "fedau": 0.6, "fedlaw": 0.55, "gossip": 0.4, "gossip-vc": 0.45}
-PATTERN_BONUS = {"bernoulli": 0.0, "markov": 0.02, "cyclic": 0.04}
-
-
-def accuracy_of(strategy: str, pattern: str, seed: int, rnd: int) -> float:
-    """The fake runs' test accuracy: cyclic runs drop at round 3, so their best is round 2."""
-    dip = 0.15 if pattern == "cyclic" and rnd == 3 else 0.0
-    return STRATEGY_BASE[strategy] + 0.1 * rnd + PATTERN_BONUS[pattern] + 0.01 * seed - dip
-
-
-def available_clients(rnd: int, seed: int) -> list[int]:
-    return [c for c in range(4) if (c + rnd + seed) % 3 != 0]
-
-
-def write_fake_run(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """A complete run directory whose metrics follow :func:`accuracy_of`, plus the
-    diagnostics of its strategy (FedAU ω, FedLAW γ and λ, gossip consensus distance)."""
-    strategy, pattern = raw["strategy"]["name"], raw["participation"]["pattern"]
-    seed, rounds = raw["seed"], raw["rounds"]
-    writer = RunWriter(run_dir, raw)
-    rates = np.array(raw["participation"]["rates"], dtype=float)
-    writer.client_facts(ClientFacts(len(rates), None, None, None, rates))
-    for rnd in range(rounds + 1):
-        accuracy = accuracy_of(strategy, pattern, seed, rnd)
-        writer.metrics(rnd, None, "central", [("accuracy", accuracy), ("loss", 2.5 - accuracy)])
-        if rnd == 0:
-            continue
-        available = available_clients(rnd, seed)
-        replied = available[:-1]  # the last reachable client is selected but never replies
-        log = RoundLog(np.array(available), selected=set(available), replied=set(replied))
-        writer.participation(rnd, log)
-        for client in replied:
-            writer.metrics(rnd, client, "train", [("num-examples", 10.0 * (client + 1))])
-            if strategy == "fedau":
-                writer.metric(rnd, client, "server", "omega", 1.0 + client + 0.1 * rnd)
-            if strategy == "fedlaw":
-                share = (client + 1) / sum(c + 1 for c in replied)
-                writer.metric(rnd, client, "server", "lambda", share)
-        if strategy == "fedlaw":
-            writer.metric(rnd, None, "train", "gamma", 1.0 - 0.01 * rnd - 0.001 * seed)
-        if strategy.startswith("gossip"):
-            writer.metric(rnd, None, "train", "consensus_distance", 2.0 / rnd + 0.1 * seed)
-            for suffix, shift in (("mean", -0.05), ("min", -0.1), ("max", 0.0)):
-                writer.metric(rnd, None, "central", f"node_accuracy_{suffix}", accuracy + shift)
-    summary = {"rounds": rounds, "final_accuracy": accuracy_of(strategy, pattern, seed, rounds)}
-    writer.finish(summary)
-    return summary
-
-
-def fake_run_scenario(
-    scenario: Scenario, run_dir: Path, *, on_round_end: Any = None
-) -> tuple[Path, dict[str, Any]]:
-    """Stands in for fedsim.run.run_scenario: writes a fake run, no training."""
-    summary = write_fake_run(scenario.raw, run_dir)
-    return run_dir, summary
-
-
-def write_fake_sweep(
-    directory: Path, grid: list[str], seeds: str, base: dict[str, Any] | None = None
-) -> Path:
-    """A sweep of ``grid`` × ``seeds`` whose runs are written by formula (no training)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    scenario_file = directory / "scenario.in.toml"
-    scenario_file.write_text(tomli_w.dumps(base or BASE))
-    plan = plan_sweep(scenario_file, grid=grid, seeds=seeds, out=directory / "sweep")
-    outcome = run_sweep(plan, run=fake_run_scenario)
-    assert len(outcome.ran) == len(plan.points)
-    return plan.directory
-
+from tests.helpers import assert_png
+from tests.helpers_fake_runs import RATES, accuracy_of, available_clients, write_fake_sweep
 
 GRID = ["strategy.name=fedavg,fedau", "participation.pattern=bernoulli,markov,cyclic"]
 
@@ -128,16 +41,6 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def report(sweep_dir: Path) -> Report:
     return write_report(sweep_dir, target=0.8)
-
-
-def assert_png(path: Path, min_width: int = 300, min_height: int = 200) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == PNG_SIGNATURE and len(data) > 1000, path
-    image = imread(path)
-    height, width = image.shape[:2]
-    assert width >= min_width and height >= min_height, (path, image.shape)
-    assert image.std() > 0.01, f"{path} is blank"
-    return width, height
 
 
 def test_summary_table_matches_the_runs(report: Report) -> None:

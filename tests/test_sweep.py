@@ -31,16 +31,11 @@ from fedsim.sweep import (
     run_sweep,
     split_values,
 )
-from tests.test_report import BASE, accuracy_of, assert_png, fake_run_scenario
+from tests.helpers import assert_png, write_scenario
+from tests.helpers_fake_runs import BASE, accuracy_of, fake_run_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["strategy.name=fedavg,fedau", "participation.pattern=bernoulli,markov,cyclic"]
-
-
-def write_scenario(tmp_path: Path, scenario: dict[str, Any], name: str = "s.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(tomli_w.dumps(scenario))
-    return path
 
 
 def manifest_of(directory: Path) -> dict[str, Any]:
