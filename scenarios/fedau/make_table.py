@@ -1,4 +1,4 @@
-"""Run the FedAU comparison (6 methods × 3 participation patterns × seeds) and write
+"""FedAU against its baselines (6 methods × 3 participation patterns × seeds):
 docs/fedau-results.md.
 
 FedAU (Wang & Ji, ICLR 2024, https://arxiv.org/abs/2306.03401; reference code
@@ -11,10 +11,12 @@ a shared 2-core machine runs in half an hour, and checks that ω tracks 1/p_n.
 Each pattern's scenario file (``bernoulli.toml``, ``markov.toml``, ``cyclic.toml``: Dirichlet
 0.1 "chunks" split, I = 5 plain SGD steps, batch 16, label-based p_n with p_mean 0.1 and
 p_min 0.02) is reused with the ``SCALE`` overrides below (digits and a small MLP, so that a
-run takes seconds). Every (pattern, method, seed) is an ordinary ``fedsim sweep`` point: the
-grid is run in ONE process on one Ray runtime through :mod:`fedsim.sweep`, into the same
-directories as the ``fedsim sweep`` commands that :func:`sweep_commands` prints, and a
-complete run (one with summary.json) is never redone, so an interrupted table resumes.
+run takes seconds). Every (pattern, method, seed) is an ordinary ``fedsim sweep`` point, run
+in one process on one Ray runtime (:func:`fedsim.paper_tables.run_plans`) into the same
+directories as the ``fedsim sweep`` commands the page lists; a complete run is never redone,
+so an interrupted table resumes. The shared machinery (running, per-run results, mean ± std
+and paired-difference tables, the page's provenance) is :mod:`fedsim.paper_tables`; this file
+holds the paper's grid, its ω-vs-1/p_n diagnostic and the page's prose.
 
 Methods, each at the reference code's setting (ALGORITHMS.md; nothing was tuned here):
 FedAU local lr 0.1, η_g 1; FedAvg over participants local 0.0562, η_g 1.78; FedAvg over all
@@ -25,48 +27,58 @@ Usage (from the repository root)::
     .venv/bin/python scenarios/fedau/make_table.py               # run what is missing, write
     .venv/bin/python scenarios/fedau/make_table.py --table-only  # only rewrite the markdown
     .venv/bin/python scenarios/fedau/make_table.py --seeds 1     # a first pass at one seed
+    .venv/bin/python scenarios/fedau/make_table.py --patterns bernoulli --seeds 1,2 \
+        --set rounds=10 --runs /tmp/fedau --doc /tmp/fedau.md    # a quick pass
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import math
-import os
-import platform
-import shlex
-import time
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
 
-from fedsim.analysis import load_run, omega_vs_probability
-from fedsim.sweep import SweepPlan, format_value, plan_sweep, run_sweep
+from fedsim.analysis import load_run, omega_vs_probability, server_rows
+from fedsim.paper_tables import (
+    Invocation,
+    Sweep,
+    argument_parser,
+    command,
+    complete_runs,
+    mean_std,
+    paired_differences,
+    parse_seeds,
+    pivot_markdown,
+    provenance,
+    run_plans,
+    run_table,
+    wins,
+    write_page,
+)
+from fedsim.sweep import format_value
 
 HERE = Path(__file__).resolve().parent
 PATTERNS = ("bernoulli", "markov", "cyclic")
 SEEDS = (1, 2, 3)
-ROUNDS = 200
 # The pattern files run MNIST-1D and FedAU's CNN for 500 rounds; this is the same comparison
 # at the size the time budget allows (see docs/fedau-results.md for how it was sized).
 SCALE = (
     'data.dataset="digits"',
     'model.name="mlp"',
     "model.hidden=[64]",
-    f"rounds={ROUNDS}",
+    "rounds=200",
     "evaluate.every=2",
     "engine.num_actors=1",
     "checkpoint.every=0",  # a sweep redoes an interrupted run from scratch anyway
 )
 BUDGET_S = 1800  # the whole table should take at most this long on the shared 2-core machine
-TIMING_FILE = "make_table.json"  # the last invocation's wall time, kept for --table-only
 LAST_FRACTION = 0.1  # the paper reports the mean test accuracy over the last rounds
 
 
@@ -95,6 +107,7 @@ METHODS = (
     Method("MIFA", {"name": "mifa", "server_lr": 1.0}, 0.1),
     Method("FedVARP", {"name": "fedvarp", "server_lr": 1.0}, 0.1),
 )
+LABELS = [m.label for m in METHODS]
 
 
 def toml_table(table: Mapping[str, Any]) -> str:
@@ -106,99 +119,20 @@ def toml_table(table: Mapping[str, Any]) -> str:
     return "{" + ",".join(f"{k}={json.dumps(v)}" for k, v in table.items()) + "}"
 
 
-@dataclass(frozen=True)
-class Group:
-    """One ``fedsim sweep``: a pattern and the methods that share a local learning rate."""
-
-    pattern: str
-    client_lr: float
-    methods: tuple[Method, ...]
-
-    @property
-    def directory_name(self) -> str:
-        return self.pattern if self.client_lr == 0.1 else f"{self.pattern}-lr{self.client_lr:g}"
-
-    @property
-    def grid(self) -> str:
-        return "strategy=" + ",".join(toml_table(m.strategy) for m in self.methods)
-
-    @property
-    def overrides(self) -> list[str]:
-        return [*SCALE, f"client.lr={self.client_lr}"]
-
-
-def groups(patterns: Sequence[str], methods: Sequence[Method] = METHODS) -> list[Group]:
-    """Per pattern, one sweep per distinct local learning rate (a grid cannot pair two keys)."""
-    rates = sorted({m.client_lr for m in methods}, reverse=True)
-    return [
-        Group(p, lr, tuple(m for m in methods if m.client_lr == lr))
-        for p in patterns
-        for lr in rates
-    ]
-
-
-def plans(runs_root: Path, sweeps: Sequence[Group], seeds: Sequence[int]) -> list[SweepPlan]:
-    return [
-        plan_sweep(
-            HERE / f"{g.pattern}.toml",
-            grid=[g.grid],
-            seeds=list(seeds),
-            overrides=g.overrides,
-            out=runs_root / g.directory_name,
-        )
-        for g in sweeps
-    ]
-
-
-def sweep_commands(sweeps: Sequence[Group], seeds: Sequence[int], runs_root: Path) -> str:
-    """The ``fedsim sweep`` commands that run the same points into the same directories."""
-    lines = []
-    for g in sweeps:
-        words = ["fedsim", "sweep", f"scenarios/fedau/{g.pattern}.toml"]
-        for override in g.overrides:
-            words += ["--set", override]
-        words += ["--grid", g.grid, "--seeds", ",".join(map(str, seeds))]
-        words += ["--out", str(runs_root / g.directory_name)]
-        lines.append(" ".join(shlex.quote(w) for w in words))
-    return "\n".join(lines)
-
-
-def run_all(sweep_plans: Sequence[SweepPlan], parallel: int) -> float:
-    """Run every missing point on one Ray runtime; returns the wall time spent."""
-    import ray
-
-    started = time.time()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
-    try:
-        for plan in sweep_plans:
-            outcome = run_sweep(plan, parallel=parallel, on_event=_print_event)
-            if outcome.failed:
-                raise SystemExit(f"{plan.directory}: failed runs {outcome.failed}")
-    finally:
-        ray.shutdown()
-    return time.time() - started
-
-
-def _print_event(event: Any) -> None:
-    if event.kind in ("start", "done", "skip", "failed"):
-        extra = f" acc {event.accuracy:.3f}" if event.accuracy is not None else ""
-        print(f"{time.strftime('%H:%M:%S')} {event.kind:6s} {event.point.name}{extra}", flush=True)
-
-
-# --- results ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What the tables need from one run."""
-
-    pattern: str
-    method: str
-    seed: int
-    final: float
-    last_mean: float
-    wall_s: float
-    run_dir: Path
+def sweeps(patterns: Sequence[str]) -> list[tuple[str, Sweep]]:
+    """Per pattern, one sweep per distinct local learning rate (a grid cannot pair two
+    keys): (pattern, sweep) pairs, into ``PATTERN`` and ``PATTERN-lrLR`` folders."""
+    rates = sorted({m.client_lr for m in METHODS}, reverse=True)
+    found = []
+    for pattern in patterns:
+        for lr in rates:
+            grid = "strategy=" + ",".join(
+                toml_table(m.strategy) for m in METHODS if m.client_lr == lr
+            )
+            name = pattern if lr == 0.1 else f"{pattern}-lr{lr:g}"
+            sweep = Sweep(HERE / f"{pattern}.toml", name, (grid,), (*SCALE, f"client.lr={lr}"))
+            found.append((pattern, sweep))
+    return found
 
 
 def method_of(strategy: Mapping[str, Any], client_lr: float) -> str:
@@ -218,113 +152,87 @@ def last_rounds_mean(accuracy: pd.Series, rounds: int, fraction: float = LAST_FR
     return float(accuracy[accuracy.index > start].mean())
 
 
-def collect(plan: SweepPlan, group: Group) -> list[RunResult]:
-    """One RunResult per complete run of ``plan``."""
-    results = []
-    for point in plan.points:
-        run_dir = plan.run_dir(point)
-        if not (run_dir / "summary.json").is_file():
-            continue
-        run = load_run(run_dir)
-        assert run.summary is not None
-        accuracy = run.central("accuracy").sort_index()
-        results.append(
-            RunResult(
-                pattern=group.pattern,
-                method=method_of(point.settings["strategy"], point.scenario.client.lr),
-                seed=int(point.settings["seed"]),
-                final=float(accuracy.iloc[-1]),
-                last_mean=last_rounds_mean(accuracy, point.scenario.rounds),
-                wall_s=float(run.summary["wall_time_s"]),
-                run_dir=run_dir,
-            )
-        )
-    return results
+def last_mean(path: Path, frame: pd.DataFrame) -> dict[str, float]:
+    """The paper's number for one run: mean test accuracy over the last 10% of the rounds."""
+    accuracy = server_rows(frame, "accuracy").set_index("round")["value"].sort_index()
+    return {"last_mean": last_rounds_mean(accuracy, int(frame["rounds"].iloc[0]))}
 
 
-def cell(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
-    """``mean ± std`` over seeds (sample std), in percent by default.
+# --- the tables --------------------------------------------------------------------------------
 
-    >>> cell([0.9, 0.92, 0.94])
-    '92.0 ± 2.0'
-    """
-    array = np.asarray(values, dtype=float) * scale
-    if len(array) == 0:
+
+def percent_cell(seeds: int) -> Callable[[Sequence[float]], str]:
+    """Accuracy in percent over seeds; a cell over fewer than ``seeds`` seeds shows its count."""
+
+    def cell(values: Sequence[float]) -> str:
+        count = f" ({len(values)} seeds)" if values and len(values) != seeds else ""
+        return mean_std(values, digits=1, scale=100.0) + count
+
+    return cell
+
+
+def accuracy_table(runs: pd.DataFrame, field: str, patterns: Sequence[str], seeds: int) -> str:
+    """Methods down, patterns across."""
+    return pivot_markdown(
+        runs,
+        field,
+        rows="method",
+        columns="pattern",
+        row_order=LABELS,
+        column_order=patterns,
+        cell=percent_cell(seeds),
+    )
+
+
+def margin_cell(differences: Sequence[float]) -> str:
+    """Mean paired difference in points and on how many seeds FedAU is ahead."""
+    if not differences:
         return "—"
-    if len(array) == 1:
-        return f"{array[0]:.{digits}f}"
-    return f"{array.mean():.{digits}f} ± {array.std(ddof=1):.{digits}f}"
+    points = np.asarray(differences, dtype=float) * 100
+    return f"{points.mean():+.1f} ({wins(points)})"
 
 
-def accuracy_table(
-    results: Sequence[RunResult], field: str, patterns: Sequence[str], seeds: int
-) -> str:
-    """Methods down, patterns across; a cell over fewer than ``seeds`` seeds shows its count."""
-    lines = ["| method | " + " | ".join(patterns) + " |", "|---|" + "---|" * len(patterns)]
-    for method in METHODS:
-        cells = []
-        for pattern in patterns:
-            group = [r for r in results if (r.pattern, r.method) == (pattern, method.label)]
-            count = f" ({len(group)} seeds)" if group and len(group) != seeds else ""
-            cells.append(cell([getattr(r, field) for r in group]) + count)
-        lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def by_seed(results: Sequence[RunResult], pattern: str, method: str) -> dict[int, float]:
-    """Last-10% accuracy of one (pattern, method) per seed."""
-    return {r.seed: r.last_mean for r in results if (r.pattern, r.method) == (pattern, method)}
-
-
-def margin_table(results: Sequence[RunResult], patterns: Sequence[str]) -> str:
+def margin_table(runs: pd.DataFrame, patterns: Sequence[str]) -> str:
     """FedAU minus every other method, per pattern: the mean over seeds of the paired
     difference of the last-10% accuracy (points), and on how many seeds FedAU is ahead."""
-    others = [m.label for m in METHODS if m.label != "FedAU"]
-    lines = ["| pattern | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
-    for pattern in patterns:
-        fedau = by_seed(results, pattern, "FedAU")
-        cells = []
-        for other in others:
-            base = by_seed(results, pattern, other)
-            seeds = sorted(set(fedau) & set(base))
-            if not seeds:
-                cells.append("—")
-                continue
-            diff = np.array([fedau[s] - base[s] for s in seeds]) * 100
-            cells.append(f"{diff.mean():+.1f} ({int((diff > 0).sum())}/{len(seeds)})")
-        lines.append(f"| {pattern} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    diffs = paired_differences(runs, "last_mean", method="method", subject="FedAU", by=["pattern"])
+    return pivot_markdown(
+        diffs,
+        "difference",
+        rows="pattern",
+        columns="baseline",
+        row_order=patterns,
+        column_order=LABELS[1:],
+        cell=margin_cell,
+    )
 
 
-def verdict(results: Sequence[RunResult], patterns: Sequence[str]) -> str:
+def verdict(runs: pd.DataFrame, patterns: Sequence[str]) -> str:
     """One sentence: in how many patterns FedAU's mean is above both FedAvg variants'."""
     ahead = []
     for pattern in patterns:
-        fedau = by_seed(results, pattern, "FedAU")
-        bases = [by_seed(results, pattern, o) for o in ("FedAvg, participating", "FedAvg, all")]
-        if fedau and all(bases):
-            mean = float(np.mean(list(fedau.values())))
-            if all(mean > float(np.mean(list(b.values()))) for b in bases):
-                ahead.append(pattern)
+        here = runs[runs["pattern"] == pattern]
+        means = [here.loc[here["method"] == m, "last_mean"] for m in LABELS[:3]]
+        if all(len(m) for m in means) and all(means[0].mean() > m.mean() for m in means[1:]):
+            ahead.append(pattern)
     return (
         f"FedAU's mean is above both FedAvg variants' in {len(ahead)} of {len(patterns)} "
         f"patterns ({', '.join(ahead) or 'none'})."
     )
 
 
-def omega_table(results: Sequence[RunResult], patterns: Sequence[str]) -> str:
+def omega_table(runs: pd.DataFrame, patterns: Sequence[str]) -> str:
     """Correlation of each FedAU run's last ω per client with 1/p_n."""
     lines = [
         "| pattern | seed | clients with ω | Pearson r(ω, 1/p_n) | Spearman ρ | "
         "median ω·p_n | r, clients with ≥ 3 replies (count) |",
         "|---|---|---|---|---|---|---|",
     ]
+    fedau = runs[runs["method"] == "FedAU"].sort_values("seed", kind="stable")
     for pattern in patterns:
-        for r in sorted(results, key=lambda r: r.seed):
-            if (r.pattern, r.method) != (pattern, "FedAU"):
-                continue
-            table = omega_vs_probability(r.run_dir)
-            replies = load_run(r.run_dir).participation.query("replied").groupby("client").size()
+        for _, r in fedau[fedau["pattern"] == pattern].iterrows():
+            table = omega_vs_probability(r["path"])
+            replies = load_run(r["path"]).participation.query("replied").groupby("client").size()
             table["replies"] = replies.reindex(table["client"]).fillna(0).to_numpy()
             pearson = stats.pearsonr(table["omega"], table["inverse_p"]).statistic
             spearman = stats.spearmanr(table["omega"], table["inverse_p"]).statistic
@@ -336,78 +244,34 @@ def omega_table(results: Sequence[RunResult], patterns: Sequence[str]) -> str:
                 else float("nan")
             )
             lines.append(
-                f"| {pattern} | {r.seed} | {len(table)} | {pearson:.2f} | {spearman:.2f} "
+                f"| {pattern} | {r['seed']} | {len(table)} | {pearson:.2f} | {spearman:.2f} "
                 f"| {ratio:.2f} | {often_r:.2f} ({len(often)}) |"
             )
     return "\n".join(lines)
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores ({model})"
+def wall_table(runs: pd.DataFrame, patterns: Sequence[str]) -> str:
+    return pivot_markdown(
+        runs,
+        "wall_s",
+        rows="method",
+        columns="pattern",
+        row_order=LABELS,
+        column_order=patterns,
+        cell=lambda v: mean_std(v, digits=0),
+    )
 
 
-def wall_table(results: Sequence[RunResult], patterns: Sequence[str]) -> str:
-    lines = ["| method | " + " | ".join(patterns) + " |", "|---|" + "---|" * len(patterns)]
-    for method in METHODS:
-        cells = []
-        for pattern in patterns:
-            walls = [r.wall_s for r in results if (r.pattern, r.method) == (pattern, method.label)]
-            cells.append(cell(walls, scale=1.0, digits=0))
-        lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def markdown(
-    results: Sequence[RunResult],
-    sweeps: Sequence[Group],
-    seeds: Sequence[int],
-    patterns: Sequence[str],
-    runs_root: Path,
-    timing: Mapping[str, Any],
-) -> str:
-    import flwr
-
-    total = sum(r.wall_s for r in results)
-    invocation = ""
-    if timing.get("grid_wall_s") is not None:
-        invocation = (
-            f"{timing['grid_wall_s']:.0f} s ({timing['grid_wall_s'] / 60:.1f} min) for the last "
-            f"invocation of the script, started {timing.get('started', '?')} "
-            f"({timing['ran']} runs ran in it; load average {timing['load_start']} at its start, "
-            f"{timing['load_end']} at its end"
-            + (
-                "; over the 30-minute budget the size was chosen for, because of the load"
-                if timing["grid_wall_s"] > BUDGET_S
-                else ""
-            )
-            + "); "
-        )
-    return DOC_TEMPLATE.format(
-        seeds=", ".join(map(str, seeds)),
-        rounds=ROUNDS,
-        last=max(1, round(LAST_FRACTION * ROUNDS)),
-        scale="\n".join(f"    --set {s}" for s in SCALE),
-        last_table=accuracy_table(results, "last_mean", patterns, len(seeds)),
-        final_table=accuracy_table(results, "final", patterns, len(seeds)),
-        verdict=verdict(results, patterns),
-        margin_table=margin_table(results, patterns),
-        omega_table=omega_table(results, patterns),
-        wall_table=wall_table(results, patterns),
-        commands=sweep_commands(sweeps, seeds, runs_root),
-        machine=machine(),
-        torch=torch.__version__,
-        flwr=flwr.__version__,
-        date=time.strftime("%Y-%m-%d %H:%M %Z"),
-        invocation=invocation,
-        total=f"{total:.0f} s ({total / 60:.1f} min)",
-        runs=len(results),
+def invocation_text(last: Invocation | None) -> str:
+    if last is None:
+        return ""
+    over = "; over the 30-minute budget the size was chosen for, because of the load"
+    return (
+        f"{last.wall_s:.0f} s ({last.wall_s / 60:.1f} min) for the last invocation of the "
+        f"script, started {last.started} ({last.ran} runs ran in it; load average "
+        f"{last.load_start} at its start, {last.load_end} at its end"
+        + (over if last.wall_s > BUDGET_S else "")
+        + "); "
     )
 
 
@@ -515,7 +379,7 @@ Regenerate from the repository root (complete runs under `runs/fedau/` are reuse
 that folder to start over):
 
 ```bash
-.venv/bin/python scenarios/fedau/make_table.py
+{command}
 ```
 
 It runs, in one process on one Ray runtime (`ray.init(num_cpus=2)`), the same points as
@@ -538,46 +402,59 @@ Wall time: {invocation}{total} summed over the {runs} runs' own wall times.
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argument_parser(
+        (__doc__ or "").splitlines()[0],
+        seeds=SEEDS,
+        runs=Path("runs/fedau"),
+        doc=Path("docs/fedau-results.md"),
+    )
     parser.add_argument("--patterns", default=",".join(PATTERNS))
-    parser.add_argument("--runs", type=Path, default=Path("runs/fedau"))
-    parser.add_argument("--doc", type=Path, default=Path("docs/fedau-results.md"))
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time per sweep")
-    parser.add_argument("--table-only", action="store_true", help="run nothing")
     args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_seeds(args.seeds)
     patterns = [p for p in args.patterns.split(",") if p]
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    torch.set_num_threads(1)  # the Ray actors need the other core
-    sweeps = groups(patterns)
-    sweep_plans = plans(args.runs, sweeps, seeds)
-    timing_file = args.runs / TIMING_FILE
-    timing: dict[str, Any] = {"grid_wall_s": None}
-    if args.table_only and timing_file.is_file():
-        timing = json.loads(timing_file.read_text())
+    found = sweeps(patterns)
+    plans = [sweep.plan(args.runs, seeds, args.overrides) for _, sweep in found]
     if not args.table_only:
-        started = time.strftime("%Y-%m-%d %H:%M %Z")
-        load_start = f"{os.getloadavg()[0]:.1f}"
-        pending = sum(
-            not (plan.run_dir(p) / "summary.json").is_file()
-            for plan in sweep_plans
-            for p in plan.points
-        )
-        grid_wall_s = run_all(sweep_plans, args.parallel)
-        timing = {
-            "grid_wall_s": grid_wall_s,
-            "ran": pending,
-            "load_start": load_start,
-            "load_end": f"{os.getloadavg()[0]:.1f}",
-            "started": started,
+        ran = run_plans(plans, parallel=args.parallel, num_cpus=2)
+        if ran is not None:
+            ran.save(args.runs)
+    labels = {
+        path: {
+            "pattern": pattern,
+            "method": method_of(point.settings["strategy"], point.scenario.client.lr),
         }
-        timing_file.write_text(json.dumps(timing, indent=1))
-    results = [r for plan, g in zip(sweep_plans, sweeps, strict=True) for r in collect(plan, g)]
-    args.doc.parent.mkdir(parents=True, exist_ok=True)
-    args.doc.write_text(markdown(results, sweeps, seeds, patterns, args.runs, timing))
-    print(accuracy_table(results, "last_mean", patterns, len(seeds)))
-    print(json.dumps({**timing, "doc": str(args.doc)}))
+        for (pattern, _), plan in zip(found, plans, strict=True)
+        for path, point in complete_runs(plan).items()
+    }
+    runs = run_table(labels, "accuracy", extra=last_mean)
+    print(accuracy_table(runs, "last_mean", patterns, len(seeds)))
+    if args.no_doc:
+        return
+    rounds = plans[0].points[0].scenario.rounds
+    info = provenance()
+    total = float(runs["wall_s"].sum())
+    page = DOC_TEMPLATE.format(
+        seeds=", ".join(map(str, seeds)),
+        rounds=rounds,
+        last=max(1, round(LAST_FRACTION * rounds)),
+        scale="\n".join(f"    --set {s}" for s in (*SCALE, *args.overrides)),
+        last_table=accuracy_table(runs, "last_mean", patterns, len(seeds)),
+        final_table=accuracy_table(runs, "final", patterns, len(seeds)),
+        verdict=verdict(runs, patterns),
+        margin_table=margin_table(runs, patterns),
+        omega_table=omega_table(runs, patterns),
+        wall_table=wall_table(runs, patterns),
+        command=command("scenarios/fedau/make_table.py", argv),
+        commands="\n".join(s.command(args.runs, seeds, args.overrides) for _, s in found),
+        invocation=invocation_text(Invocation.last(args.runs)),
+        total=f"{total:.0f} s ({total / 60:.1f} min)",
+        runs=len(runs),
+        **info,
+    )
+    write_page(args.doc, page)
+    print(f"wrote {args.doc}")
 
 
 if __name__ == "__main__":
