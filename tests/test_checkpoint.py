@@ -4,12 +4,14 @@
 without its timing rows, the participation table and the events (a resumed
 run adds one "resumed" event). Stops are a crash (an exception after some
 round, the process survives), a stop request (what Ctrl-C sets), SIGKILL of the
-whole ``fedsim run`` process group, and SIGINT to it. The helpers that stop runs and
-compare results are in tests/helpers.py.
+whole ``fedsim run`` process group, and SIGINT to it; the last test runs one trial of
+``python -m benchmarks.kill_resume``, which kills ``fedsim run`` and resumes it through
+``fedsim resume``. The helpers that stop runs and compare results are in tests/helpers.py.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import pickle
 import random
@@ -307,3 +309,19 @@ def test_sigint_stops_after_the_round_with_exit_130_and_resumes(
     resumed, _ = resume_run(tmp_path / "interrupted")
     assert_same_results(resumed, reference)
 
+
+@pytest.mark.slow
+def test_a_sigkilled_run_resumes_to_the_reference_results(tmp_path: Path) -> None:
+    """One trial of ``python -m benchmarks.kill_resume``: SIGKILL a ``fedsim run`` after a
+    checkpoint, ``fedsim resume`` it, and get exactly the uninterrupted run's results."""
+    from benchmarks import kill_resume  # the harness that measures this over many trials
+
+    assert kill_resume.main(["--trials", "1", "--out", str(tmp_path)]) == 0
+    with (tmp_path / "trials.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["identical"] == "True", row["first_difference"]
+    assert (row["kind"], row["run_exit"], row["resume_exit"]) == ("digits", "-9", "0")
+    assert 1 <= int(row["kill_round"]) <= int(row["checkpoint_round"]) < int(row["rounds"])
+    assert not (tmp_path / "trials" / "000-digits" / "checkpoint.pkl").exists()

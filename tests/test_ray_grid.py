@@ -1,6 +1,13 @@
-"""fedsim's Ray engine runs Flower's stock strategies and ClientApps unchanged."""
+"""fedsim's Ray engine runs Flower's stock strategies and ClientApps unchanged.
+
+Several messages for one actor travel in one Ray call; that keeps the engine's
+semantics: replies in order, each message with its own content and context, a failure
+an error reply for that message.
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -76,3 +83,53 @@ def test_dead_actor_is_replaced(grid: RayGrid) -> None:
     assert all("actor died" in r.error.reason for r in errors)
     replies = list(grid.send_and_receive([start_message(node_id_of(c)) for c in (0, 1, 2, 4)]))
     assert not any(r.has_error() for r in replies)
+
+
+# --- batched dispatch: several messages per Ray call ------------------------------------
+
+# A ClientApp that adds (partition + 1 + earlier calls) to every array, mutates the content it
+# receives (each message must have its own), and kills its worker for partition 3.
+batch_app = ClientApp()
+
+
+@batch_app.train()
+def _batch_train(message: Message, context: Context) -> Message:
+    partition = int(context.node_config["partition-id"])
+    if partition == 3:
+        os._exit(1)
+    record = context.state.config_records.get("calls", ConfigRecord({"n": 0}))
+    calls = int(record["n"])  # type: ignore[arg-type]
+    context.state.config_records["calls"] = ConfigRecord({"n": calls + 1})
+    arrays = message.content.array_records["arrays"]
+    new = ArrayRecord({k: Array(arrays[k].numpy() + partition + 1 + calls) for k in arrays})
+    # A careless app: the next message must not see this.
+    message.content.array_records["arrays"] = ArrayRecord()
+    reply = RecordDict({"arrays": new, "metrics": MetricRecord({"num-examples": 1})})
+    return Message(reply, reply_to=message)
+
+
+def first(reply: Message) -> float:
+    return float(reply.content.array_records["arrays"]["w"].numpy()[0])
+
+
+def test_batched_dispatch_keeps_the_engines_semantics(ray_session: None) -> None:
+    grid = RayGrid(batch_app, num_clients=6, num_actors=1)
+    try:
+        content = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(2, np.float32))})})
+        healthy = [node_id_of(c) for c in (5, 0, 2, 4)]
+        replies = list(grid.send_and_receive([Message(content, n, "train") for n in healthy]))
+        assert [r.metadata.src_node_id for r in replies] == healthy
+        assert [first(r) for r in replies] == [6.0, 1.0, 3.0, 5.0]
+        assert grid.stats["calls"] == 1 and grid.stats["messages"] == 4  # one call, 4 messages
+        # Partition 3 kills the actor in the middle of a batch: the batch runs again one
+        # message per call, and only partition 3 is answered with the error.
+        nodes = [node_id_of(c) for c in (5, 0, 3, 2, 4)]
+        replies = list(grid.send_and_receive([Message(content, n, "train") for n in nodes]))
+        assert [r.metadata.src_node_id for r in replies] == nodes
+        assert [r.has_error() for r in replies] == [False, False, True, False, False]
+        assert "actor died" in str(replies[2].error.reason)
+        got = [first(r) for r in replies if not r.has_error()]
+        assert got == [7.0, 2.0, 4.0, 6.0]  # each context counted one earlier call, not two
+        assert grid.stats["calls"] == 1 + 1 + 5 and grid.stats["messages"] == 4 + 5 + 5
+    finally:
+        grid.shutdown()
