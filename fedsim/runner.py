@@ -596,8 +596,8 @@ def run_session(
             return False
         source, base_dir = _origin(scenario)
         try:
-            state = strategy_state(strategy)
-        except Exception as error:  # whatever pickling a user strategy's attributes raises
+            state = strategy_state(strategy, allow_pickle=scenario.checkpoint_allow_pickle)
+        except Exception as error:  # NotData, or whatever pickling (opted in) raises
             unsaved.append(f"{type(error).__name__}: {error}")
             writer.event(rnd, "checkpoint_failed", reason=f"strategy state: {unsaved[0]}")
             writer.flush()
@@ -840,6 +840,7 @@ def resume_run(
     *,
     on_round_end: Callable[[int, float | None], None] | None = None,
     stop: threading.Event | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Continue an unfinished run from its checkpoint; returns the directory and summary.
 
@@ -847,10 +848,11 @@ def resume_run(
     resolved against the original scenario's folder) and its ``client_data`` store;
     the state is the checkpoint's. The final results equal those of an
     uninterrupted run (timing rows aside). Raises a FedsimError naming the
-    directory when it holds no unfinished run.
+    directory when it holds no unfinished run. ``allow_pickle``: load a strategy
+    state pickled under ``[checkpoint] allow_pickle`` (it runs code from the file).
     """
     run_dir = Path(run_dir)
-    checkpoint = load_checkpoint(run_dir)
+    checkpoint = load_checkpoint(run_dir, allow_pickle=allow_pickle)
     raw = read_toml(run_dir / SCENARIO_FILE)
     scenario = scenario_from_dict(raw, source=checkpoint.source, base_dir=Path(checkpoint.base_dir))
     if scenario.engine.kind == "flower":

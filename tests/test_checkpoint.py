@@ -127,7 +127,7 @@ def test_load_checkpoint_rejects_foreign_and_future_files(tmp_path: Path) -> Non
     future = a_checkpoint(FedAdam())
     future.version = 99
     save_checkpoint(tmp_path, future)
-    with pytest.raises(FedsimError, match="checkpoint format 99, this fedsim reads 1"):
+    with pytest.raises(FedsimError, match="checkpoint format 99, this fedsim reads 2"):
         load_checkpoint(tmp_path)
 
 
