@@ -9,8 +9,9 @@ Layout of ``RUN_DIR``:
   that was reachable: available, selected, replied, failed, dropped, late;
 - ``events.jsonl`` — failures and other notable events, one JSON object a line;
 - ``final_model.npz`` — the final global model (name → array);
-- ``checkpoint.pkl`` — while the run is unfinished: the state to resume from
-  (:mod:`fedsim.checkpoint`); removed once the run completes;
+- ``checkpoint.zip`` — while the run is unfinished: the state to resume from, as
+  JSON, ``.npy`` and Flower protobuf members (:mod:`fedsim.checkpoint`); removed once
+  the run completes;
 - ``summary.json`` — written last: rounds done, final metrics, wall time.
 
 Every file is written to a temporary name and renamed into place, so a run

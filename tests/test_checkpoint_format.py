@@ -55,6 +55,7 @@ from fedsim.checkpoint import (
 )
 from fedsim.cli import app as cli_app
 from fedsim.config import load_scenario
+from fedsim.errors import ScenarioError
 from fedsim.runner import resume_run, run_scenario
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -515,3 +516,14 @@ def test_the_pickle_opt_in_resumes_only_with_allow_pickle(tmp_path: Path) -> Non
     assert resumed.exit_code == 0, resumed.stderr
     assert_same_model(run_dir, reference)
     assert not (run_dir / CHECKPOINT_FILE).exists()
+
+
+def test_allow_pickle_is_a_boolean_scenario_key(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(tomli_w.dumps(jitter_scenario(allow_pickle=True)))
+    assert load_scenario(path).checkpoint_allow_pickle is True
+    path.write_text(tomli_w.dumps(jitter_scenario()))
+    assert load_scenario(path).checkpoint_allow_pickle is False
+    path.write_text(tomli_w.dumps(jitter_scenario(allow_pickle="yes")))
+    with pytest.raises(ScenarioError, match=r"checkpoint\.allow_pickle: expected true or false"):
+        load_scenario(path)
