@@ -60,6 +60,7 @@ import sys
 import tempfile
 import types
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,7 +309,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 # being trees that decode hashable), a NumPy array or scalar, a torch tensor, a
 # Flower Context or record, or a FunctionRef. In JSON, lists stay lists and every
 # other non-scalar is an object with one tag: {"tuple": [...]}, {"dict": {...}}
-# (string keys), {"items": [[key, value], ...]} (other keys), {"float": "nan"},
+# (string keys), {"items": [[key, value], ...]} (other keys), {"ordered": [[key,
+# value], ...]} (an OrderedDict, as torch's state_dict()), {"float": "nan"},
 # {"bytes": member}, {"array": member}, {"scalar": member}, {"tensor": member, "dtype": name},
 # {"flower": kind, "member": member}, {"function": "module:qualname"}.
 
@@ -340,12 +342,12 @@ _FLOWER: dict[str, tuple[type, Callable[[Any], Any], Callable[[Any], Any], type]
     ),
 }
 _SCALARS = (type(None), bool, int, str)
-_TAGS = {"tuple", "dict", "items", "float", "function", "bytes", "array", "scalar"}
+_TAGS = {"tuple", "dict", "items", "ordered", "float", "function", "bytes", "array", "scalar"}
 _TAGS |= {"tensor", "flower"}
 _TAG_KEYS = {"tensor": {"tensor", "dtype", "view"}, "flower": {"flower", "member"}}
 DATA_KINDS = (
-    "dict/list/tuple/str/bytes/int/float/bool/None, NumPy arrays and scalars, torch tensors, "
-    "Flower Contexts and records"
+    "dict/OrderedDict/list/tuple/str/bytes/int/float/bool/None, NumPy arrays and scalars, "
+    "torch tensors, Flower Contexts and records"
 )
 
 
@@ -376,7 +378,7 @@ def check_tree(value: Any, where: str = "value") -> None:
     if kind is list or kind is tuple:
         for index, item in enumerate(value):
             check_tree(item, f"{where}[{index}]")
-    elif kind is dict:
+    elif kind is dict or kind is OrderedDict:
         for key, item in value.items():
             check_tree(key, f"{where} key {key!r}")
             check_tree(item, f"{where}[{key!r}]")
@@ -418,6 +420,13 @@ class _Writer:
             return [self.encode(item, f"{where}[{i}]") for i, item in enumerate(value)]
         if kind is tuple:
             return {"tuple": [self.encode(item, f"{where}[{i}]") for i, item in enumerate(value)]}
+        if kind is OrderedDict:  # torch's state_dict()
+            return {
+                "ordered": [
+                    [self.encode(k, f"{where} key {k!r}"), self.encode(v, f"{where}[{k!r}]")]
+                    for k, v in value.items()
+                ]
+            }
         if kind is dict:
             if all(type(key) is str for key in value):
                 return {"dict": {k: self.encode(v, f"{where}[{k!r}]") for k, v in value.items()}}
@@ -498,11 +507,11 @@ class _Reader:
             return tuple(self.decode(item) for item in body)
         if tag == "dict" and type(body) is dict:
             return {key: self.decode(item) for key, item in body.items()}
-        if tag == "items" and type(body) is list:
+        if tag in ("items", "ordered") and type(body) is list:
             pairs = [self.decode(pair) for pair in body]
             if not all(type(pair) is list and len(pair) == 2 for pair in pairs):
                 raise ValueError("dict items are not [key, value] pairs")
-            return {key: item for key, item in pairs}
+            return OrderedDict(pairs) if tag == "ordered" else dict(pairs)
         if tag == "float" and body in ("nan", "inf", "-inf"):
             return float(body)
         if tag == "function" and type(body) is str:
@@ -536,9 +545,9 @@ class _Reader:
 def encode_tree(value: Any) -> tuple[Any, dict[str, bytes]]:
     """``value`` as JSON-ready data plus the members (name → bytes) it refers to.
 
-    Data is None, bool, int, float, str, bytes; lists, tuples and dicts of data (dict keys
-    are data that decodes hashable: scalars, tuples); NumPy arrays (not of Python
-    objects) and scalars; torch tensors (decoded on the CPU); Flower Contexts and
+    Data is None, bool, int, float, str, bytes; lists, tuples, dicts and OrderedDicts
+    of data (keys are data that decodes hashable: scalars, tuples); NumPy arrays (not
+    of Python objects) and scalars; torch tensors (decoded on the CPU); Flower Contexts and
     records; :class:`FunctionRef`. Anything else raises :class:`NotData`.
 
     >>> tree, members = encode_tree({"w": np.arange(2), 3: (0.5, float("nan"))})

@@ -118,7 +118,7 @@ def assert_same_model(a_dir: Path, b_dir: Path) -> None:
         assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), name
 
 
-TAGS = {"tuple", "dict", "items", "float", "function", "bytes", "array", "scalar"}
+TAGS = {"tuple", "dict", "items", "ordered", "float", "function", "bytes", "array", "scalar"}
 TAGS |= {"tensor", "flower"}
 
 
@@ -328,6 +328,7 @@ def test_tree_round_trip_is_exact() -> None:
     tree = {
         "scalars": [None, True, 0, -(2**70), 1.5, -0.0, float("inf"), float("nan"), "s", b"\x80"],
         "nested": {"tuple": (1, (2, [3])), "empty": {}, "list": []},
+        "torch_state": torch.nn.Linear(2, 1).state_dict(),  # an OrderedDict of tensors
         3: "int key",
         (1, "a"): "tuple key",
         "arrays": [
