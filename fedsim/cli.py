@@ -157,6 +157,14 @@ def run(
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="Run directory of an unfinished run.")],
     verbose: Annotated[bool, typer.Option(help="Show Flower's per-round INFO logs.")] = False,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Load a strategy state pickled under [checkpoint] allow_pickle = true "
+            "(this runs code from the checkpoint: only for runs you made yourself).",
+        ),
+    ] = False,
 ) -> None:
     """Continue an interrupted run (Ctrl-C, kill -9, crash) from its last checkpoint.
 
@@ -183,7 +191,9 @@ def resume(
 
             try:
                 with _stop_on_ctrl_c() as stop:
-                    _, summary = resume_run(run_dir, on_round_end=on_round_end, stop=stop)
+                    _, summary = resume_run(
+                        run_dir, on_round_end=on_round_end, stop=stop, allow_pickle=allow_pickle
+                    )
             except FedsimError:
                 bar.live.transient = bar.tasks[task].completed == 0
                 raise

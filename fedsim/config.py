@@ -70,7 +70,7 @@ ENGINE_KEYS = {
     "max_failure_fraction",
 }
 EVALUATE_KEYS = {"every", "central", "federated", "batch_size"}
-CHECKPOINT_KEYS = {"every"}
+CHECKPOINT_KEYS = {"every", "allow_pickle"}
 ENGINE_KINDS = ("ray", "inline", "flower")
 
 
@@ -144,6 +144,7 @@ class Scenario:
     evaluate: EvaluateConfig
     checkpoint_every: int
     raw: dict[str, Any] = field(repr=False)
+    checkpoint_allow_pickle: bool = False  # pickle a strategy state that is not data
 
     @property
     def strategy_name(self) -> str:
@@ -247,6 +248,7 @@ def scenario_from_dict(
     checkpoint_reader = top.child("checkpoint")
     checkpoint_reader.only(CHECKPOINT_KEYS)
     checkpoint_every = checkpoint_reader.integer("every", 10, minimum=0)
+    checkpoint_allow_pickle = checkpoint_reader.boolean("allow_pickle", False)
 
     return Scenario(
         source=source,
@@ -263,6 +265,7 @@ def scenario_from_dict(
         evaluate=evaluate,
         checkpoint_every=checkpoint_every,
         raw=copy.deepcopy(raw),
+        checkpoint_allow_pickle=checkpoint_allow_pickle,
     )
 
 

@@ -134,7 +134,7 @@ def test_load_checkpoint_rejects_foreign_and_future_files(tmp_path: Path) -> Non
     future = a_checkpoint(FedAdam())
     future.version = 99
     save_checkpoint(tmp_path, future)
-    with pytest.raises(FedsimError, match="checkpoint format 99, this fedsim reads 1"):
+    with pytest.raises(FedsimError, match="checkpoint format 99, this fedsim reads 2"):
         load_checkpoint(tmp_path)
 
 
@@ -324,4 +324,4 @@ def test_a_sigkilled_run_resumes_to_the_reference_results(tmp_path: Path) -> Non
     assert row["identical"] == "True", row["first_difference"]
     assert (row["kind"], row["run_exit"], row["resume_exit"]) == ("digits", "-9", "0")
     assert 1 <= int(row["kill_round"]) <= int(row["checkpoint_round"]) < int(row["rounds"])
-    assert not (tmp_path / "trials" / "000-digits" / "checkpoint.pkl").exists()
+    assert not (tmp_path / "trials" / "000-digits" / "checkpoint.zip").exists()

@@ -181,14 +181,20 @@ def test_resume_of_a_bad_results_directory_is_a_one_line_error(tmp_path: Path) -
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "scenario.toml").write_text("rounds = 1\n")
-    (broken / "checkpoint.pkl").write_bytes(b"not a pickle")
+    (broken / "checkpoint.zip").write_bytes(b"not a zip archive")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "scenario.toml").write_text("rounds = 1\n")
+    (old / "checkpoint.pkl").write_bytes(b"a pickle of an older fedsim")
     expected = {
         "nowhere": "no such run directory",
         "empty": "not a fedsim run directory (no scenario.toml)",
         "done": "the run is complete (summary.json); nothing to resume",
-        "fresh": "no checkpoint.pkl to resume from (the run stopped before its first "
+        "fresh": "no checkpoint.zip to resume from (the run stopped before its first "
         "checkpoint, see [checkpoint] every); start it again",
         "broken": "unreadable checkpoint",
+        "old": "checkpoint.pkl: a checkpoint of an older fedsim, a pickle, which this fedsim "
+        "never opens",
     }
     for name, problem in expected.items():
         code, lines = cli("resume", str(tmp_path / name))

@@ -59,6 +59,7 @@ def resume_run(
     *,
     on_round_end: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Continue an unfinished run from its checkpoint; returns the directory and summary.
 
@@ -66,10 +67,11 @@ def resume_run(
     resolved against the original scenario's folder) and its ``client_data`` store;
     the state is the checkpoint's. The final results equal those of an
     uninterrupted run (timing rows aside). Raises a FedsimError naming the
-    directory when it holds no unfinished run.
+    directory when it holds no unfinished run. ``allow_pickle``: load a strategy
+    state pickled under ``[checkpoint] allow_pickle`` (it runs code from the file).
     """
     run_dir = Path(run_dir)
-    checkpoint = load_checkpoint(run_dir)
+    checkpoint = load_checkpoint(run_dir, allow_pickle=allow_pickle)
     raw = read_toml(run_dir / SCENARIO_FILE)
     scenario = scenario_from_dict(raw, source=checkpoint.source, base_dir=Path(checkpoint.base_dir))
     if scenario.engine.kind == "flower":

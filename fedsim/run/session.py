@@ -150,8 +150,8 @@ def run_session(
             return False
         source, base_dir = _origin(scenario)
         try:
-            state = strategy_state(strategy)
-        except Exception as error:  # whatever pickling a user strategy's attributes raises
+            state = strategy_state(strategy, allow_pickle=scenario.checkpoint_allow_pickle)
+        except Exception as error:  # NotData, or whatever pickling (opted in) raises
             unsaved.append(f"{type(error).__name__}: {error}")
             writer.event(rnd, EVENT_CHECKPOINT_FAILED, reason=f"strategy state: {unsaved[0]}")
             writer.flush()
