@@ -262,19 +262,22 @@ def _client_id(context: Context) -> int:
 
 
 def _arrays(message: Message) -> ArrayRecord:
-    return message.content.array_records[keys.ARRAYS]
+    record = message.content[keys.ARRAYS]
+    if not isinstance(record, ArrayRecord):
+        raise KeyError(keys.ARRAYS)
+    return record
 
 
 def _stream(context: Context) -> tuple[int, int]:
     """The node's data stream position (epoch, position) kept in its Context."""
-    stream = context.state.config_records.get(keys.STREAM_STATE, ConfigRecord())
+    stream = context.state.get(keys.STREAM_STATE)
+    if not isinstance(stream, ConfigRecord):
+        return 0, 0
     return int(stream.get("epoch", 0)), int(stream.get("position", 0))  # type: ignore[arg-type]
 
 
 def _set_stream(context: Context, epoch: int, position: int) -> None:
-    context.state.config_records[keys.STREAM_STATE] = ConfigRecord(
-        {"epoch": epoch, "position": position}
-    )
+    context.state[keys.STREAM_STATE] = ConfigRecord({"epoch": epoch, "position": position})
 
 
 def _round_batches(

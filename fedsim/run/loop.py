@@ -33,6 +33,7 @@ from fedsim import keys
 from fedsim.arrays import array_to_numpy
 from fedsim.engine.reachable import ReachableGrid
 from fedsim.errors import RunError
+from fedsim.records import records_of
 from fedsim.results import EVENT_EVALUATE_FAILED, RoundLog, RunWriter
 from fedsim.seeding import seed_sequence
 
@@ -57,7 +58,7 @@ def _finite(arrays: ArrayRecord) -> bool:
 
 
 def _reply_finite(reply: Message) -> bool:
-    return all(_finite(record) for record in reply.content.array_records.values())
+    return all(_finite(record) for record in records_of(reply.content, ArrayRecord))
 
 
 def note_missing_replies(log: RoundLog, timeout: float) -> None:
@@ -158,7 +159,7 @@ def run_rounds(
         aggregated = time.perf_counter()
         for reply in replies:
             if not reply.has_error():
-                for record in reply.content.metric_records.values():
+                for record in records_of(reply.content, MetricRecord):
                     writer.metrics(
                         rnd, client_of[reply.metadata.src_node_id], keys.PHASE_TRAIN, record.items()
                     )
@@ -183,7 +184,7 @@ def run_rounds(
                         rnd, EVENT_EVALUATE_FAILED, client=client, reason=reply.error.reason
                     )
                 else:
-                    for record in reply.content.metric_records.values():
+                    for record in records_of(reply.content, MetricRecord):
                         writer.metrics(
                             rnd,
                             client_of[reply.metadata.src_node_id],

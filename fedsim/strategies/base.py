@@ -37,11 +37,12 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedsim import keys
 from fedsim.arrays import Layout
+from fedsim.records import first_of
 from fedsim.seeding import rng
 
 
 def _weight(content: RecordDict, key: str) -> float:
-    value = next(iter(content.metric_records.values()))[key]
+    value = first_of(content, MetricRecord)[key]
     if not isinstance(value, int | float):
         raise ValueError(f"reply metric {key!r} must be a number, got {value!r}")
     return float(value)
@@ -150,7 +151,7 @@ class ServerUpdateStrategy(FedsimStrategy):
         contents = [reply.content for reply in valid]
         node_ids = [reply.metadata.src_node_id for reply in valid]
         client_vectors = layout.stack(
-            [next(iter(content.array_records.values())) for content in contents], self.device
+            [first_of(content, ArrayRecord) for content in contents], self.device
         )
         num_examples = np.array([_weight(c, self.weighted_by_key) for c in contents])
         new_vector = self.server_update(

@@ -64,6 +64,7 @@ from flwr.serverapp import Grid
 
 from fedsim.arrays import Layout
 from fedsim.models import xavier_init_
+from fedsim.records import first_of
 from fedsim.seeding import torch_generator
 from fedsim.strategies.base import FedsimStrategy
 from fedsim.strategies.client_state import ClientRows
@@ -326,7 +327,7 @@ class DecentralizedStrategy(FedsimStrategy):
         # the trained models, then the merging rows their merge; down rows are untouched.
         models = self.models
         if len(valid):
-            records = [next(iter(content.array_records.values())) for content in contents]
+            records = [first_of(content, ArrayRecord) for content in contents]
             models[index] = layout.stack(records, self.device)
         up = torch.zeros(models.shape[0], dtype=torch.bool, device=self.device)
         up[index] = True
