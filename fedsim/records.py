@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.serverapp.exception import InconsistentMessageReplies
 
 R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
 
@@ -36,3 +37,50 @@ def first_of(content: RecordDict, kind: type[R]) -> R:
         if isinstance(record, kind):
             return record
     raise KeyError(f"no {kind.__name__} in the message")
+
+
+def check_reply_consistency(
+    contents: list[RecordDict], weighted_by_key: str, *, check_arrays: bool
+) -> None:
+    """Flower's ``validate_message_reply_consistency`` (the same checks, the same
+    ``InconsistentMessageReplies`` reasons), reading the records without its views:
+    exactly one ArrayRecord (when ``check_arrays``) and one MetricRecord per reply,
+    the same keys in every reply, and a single-valued ``weighted_by_key``."""
+    if not contents:
+        return
+    if check_arrays:
+        arrays = [records_of(content, ArrayRecord) for content in contents]
+        if any(len(found) != 1 for found in arrays):
+            raise InconsistentMessageReplies(
+                reason="Expected exactly one ArrayRecord in replies. Skipping aggregation."
+            )
+        names = arrays[0][0].keys()
+        if any(found[0].keys() != names for found in arrays[1:]):
+            raise InconsistentMessageReplies(
+                reason="All ArrayRecords must have the same keys for aggregation. "
+                "This condition wasn't met. Skipping aggregation."
+            )
+    metrics = [records_of(content, MetricRecord) for content in contents]
+    if any(len(found) != 1 for found in metrics):
+        raise InconsistentMessageReplies(
+            reason="Expected exactly one MetricRecord in replies, but found more. "
+            "Skipping aggregation."
+        )
+    names = metrics[0][0].keys()
+    if any(found[0].keys() != names for found in metrics[1:]):
+        raise InconsistentMessageReplies(
+            reason="All MetricRecords must have the same keys for aggregation. "
+            "This condition wasn't met. Skipping aggregation."
+        )
+    if weighted_by_key not in names:
+        raise InconsistentMessageReplies(
+            reason=f"Missing required key `{weighted_by_key}` in the MetricRecord of "
+            "reply messages. Cannot average ArrayRecords and MetricRecords. Skipping "
+            "aggregation."
+        )
+    if any(isinstance(found[0][weighted_by_key], list) for found in metrics):
+        raise InconsistentMessageReplies(
+            reason=f"Key `{weighted_by_key}` in the MetricRecord of reply messages "
+            "must be a single value (int or float), but a list was found. Skipping "
+            "aggregation."
+        )

@@ -147,7 +147,7 @@ def test_child_readers_keep_the_dotted_prefix_and_the_subclass() -> None:
 
 def test_the_four_callers_keep_their_unknown_key_messages(tmp_path: Path) -> None:
     from fedsim.config import scenario_from_dict
-    from fedsim.datasets import load_dataset
+    from fedsim.data.datasets import load_dataset
     from fedsim.models import build_model
     from fedsim.participation import build_pattern
 

@@ -149,23 +149,38 @@ def local_sgd(
 @torch.no_grad()
 def evaluate_arrays(
     model: torch.nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
     *,
     device: torch.device,
     batch_size: int,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``.
+
+    ``x`` and ``y`` may already be tensors on ``device`` (a test set kept there); the
+    sums stay on the device until the end (one synchronisation, not two a batch), in
+    float64 as Python's own sums were.
+    """
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, len(y), batch_size):
-        xb = torch.from_numpy(np.array(x[start : start + batch_size])).to(device)
-        yb = torch.from_numpy(np.array(y[start : start + batch_size])).to(device)
+        xb = _batch(x, start, batch_size, device)
+        yb = _batch(y, start, batch_size, device)
         logits = model(xb)
-        total_loss += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == yb).sum())
+        loss = torch.nn.functional.cross_entropy(logits, yb, reduction="sum")
+        total_loss += loss.double()
+        correct += (logits.argmax(dim=1) == yb).sum()
     count = max(len(y), 1)
-    return total_loss / count, correct / count
+    return float(total_loss) / count, int(correct) / count
+
+
+def _batch(
+    values: np.ndarray | torch.Tensor, start: int, size: int, device: torch.device
+) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values[start : start + size].to(device)
+    return torch.from_numpy(np.array(values[start : start + size])).to(device)
 
 
 # ----------------------------------------------------------------------- cohorts

@@ -37,7 +37,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedsim import keys
 from fedsim.arrays import Layout
-from fedsim.records import first_of
+from fedsim.records import check_reply_consistency, first_of
 from fedsim.seeding import rng
 
 
@@ -98,6 +98,15 @@ class FedsimStrategy(FedAvg):
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return list(self._construct_messages(record, nodes, kind))
 
+    def _valid_replies(self, replies: Iterable[Message], *, is_train: bool) -> list[Message]:
+        """The replies without errors (errors logged), checked for consistency as
+        Flower's ``_check_and_log_replies`` does
+        (:func:`fedsim.records.check_reply_consistency`)."""
+        valid, _ = self._check_and_log_replies(replies, is_train=is_train, validate=False)
+        contents = [reply.content for reply in valid]
+        check_reply_consistency(contents, self.weighted_by_key, check_arrays=is_train)
+        return valid
+
     # --- checkpoints --------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -142,7 +151,7 @@ class ServerUpdateStrategy(FedsimStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Stack the valid replies and apply :meth:`server_update`."""
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid = self._valid_replies(replies, is_train=True)
         self.client_metrics = {}
         if self._global is None:
             raise RuntimeError("aggregate_train called before configure_train")

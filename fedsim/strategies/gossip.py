@@ -316,7 +316,7 @@ class DecentralizedStrategy(FedsimStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Store the trained models, merge, and return the average of all node models."""
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid = self._valid_replies(replies, is_train=True)
         if self._layout is None or self._segments is None:
             raise RuntimeError("aggregate_train called before configure_train")
         layout, segments = self._layout, self._segments

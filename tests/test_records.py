@@ -1,0 +1,69 @@
+"""fedsim.records reads a RecordDict's records exactly as Flower's views do, and checks
+reply consistency with the very errors of Flower's own check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.serverapp.exception import InconsistentMessageReplies
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
+
+from fedsim.records import check_reply_consistency, first_of, records_of
+
+
+def reply(arrays: dict[str, float] | None = None, **metrics: object) -> RecordDict:
+    content = RecordDict()
+    if arrays is not None:
+        content["arrays"] = ArrayRecord({k: Array(np.array([v])) for k, v in arrays.items()})
+    content["metrics"] = MetricRecord(metrics)  # type: ignore[arg-type]
+    content["config"] = ConfigRecord({"x": 1})
+    return content
+
+
+def test_records_come_in_the_order_and_of_the_kind_flowers_views_give() -> None:
+    content = reply({"w": 1.0}, n=3)
+    content["more"] = MetricRecord({"n": 4})
+    for kind, view in (
+        (ArrayRecord, content.array_records),
+        (MetricRecord, content.metric_records),
+        (ConfigRecord, content.config_records),
+    ):
+        assert records_of(content, kind) == list(view.values())
+    assert first_of(content, MetricRecord)["n"] == 3
+    with pytest.raises(KeyError, match="no ArrayRecord"):
+        first_of(reply(None, n=1), ArrayRecord)
+
+
+CASES = {
+    "consistent": [reply({"w": 1.0}, n=1), reply({"w": 2.0}, n=2)],
+    "two array records": [reply({"w": 1.0}, n=1), reply({"w": 2.0}, n=2)],
+    "different array keys": [reply({"w": 1.0}, n=1), reply({"v": 2.0}, n=2)],
+    "different metric keys": [reply({"w": 1.0}, n=1), reply({"w": 2.0}, m=2)],
+    "no weight key": [reply({"w": 1.0}, m=1), reply({"w": 2.0}, m=2)],
+    "a list as weight": [reply({"w": 1.0}, n=[1]), reply({"w": 2.0}, n=[2])],
+    "no arrays": [reply(None, n=1), reply(None, n=2)],
+}
+CASES["two array records"][1]["extra"] = ArrayRecord({"w": Array(np.array([0.0]))})
+CASES["two metric records"] = [reply({"w": 1.0}, n=1), reply({"w": 2.0}, n=2)]
+CASES["two metric records"][0]["more"] = MetricRecord({"n": 1})
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("check_arrays", [True, False])
+def test_consistency_errors_are_flowers(case: str, check_arrays: bool) -> None:
+    contents = CASES[case]
+
+    def outcome(check: object) -> str:
+        try:
+            check()  # type: ignore[operator]
+        except InconsistentMessageReplies as error:
+            return str(error)
+        return "ok"
+
+    ours = outcome(lambda: check_reply_consistency(contents, "n", check_arrays=check_arrays))
+    flowers = outcome(
+        lambda: validate_message_reply_consistency(contents, "n", check_arrayrecord=check_arrays)
+    )
+    assert ours == flowers
+    assert (ours == "ok") == (case == "consistent" or (not check_arrays and "array" in case))
