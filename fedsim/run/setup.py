@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -366,9 +366,6 @@ def validate(scenario: Scenario) -> None:
     setup = build_run(scenario, None)
     node_of_client = {c: node_id_of(c) for c in range(scenario.data.num_clients)}
     inputs = setup.strategy_inputs(node_of_client, "cpu")
-    if inputs.participation_probabilities is None:
-        node_ids = inputs.node_ids
-        inputs = StrategyInputs(
-            **{**vars(inputs), "participation_probabilities": dict.fromkeys(node_ids, 1.0)}
-        )
+    if inputs.participation_probabilities is None:  # an oracle baseline's stand-in
+        inputs = replace(inputs, participation_probabilities=dict.fromkeys(inputs.node_ids, 1.0))
     setup.strategy.build(inputs, scenario.source)
