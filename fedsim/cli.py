@@ -9,13 +9,13 @@ with code 130, saying how to resume.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -90,10 +90,18 @@ def run(
         typer.Option(help="ray (fedsim's engine), inline (one worker, no Ray) or flower."),
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's per-round INFO logs.")] = False,
+    log: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--log",
+            help="Also log to a tracker: jsonl, tensorboard, mlflow, wandb (repeatable; "
+            "as [log] trackers).",
+        ),
+    ] = None,
 ) -> None:
     """Run a scenario and print where its results are."""
-    from fedsim.config import load_scenario
-    from fedsim.run import run_scenario
+    from fedsim import api
+    from fedsim.config import Scenario
     from fedsim.run.checkpoint import RunInterrupted
 
     if not verbose:
@@ -102,9 +110,11 @@ def run(
     overrides = list(set_ or [])
     if engine is not None:
         overrides.append(f'engine.kind="{engine}"')
+    if log:
+        overrides.append("log.trackers=" + json.dumps(list(log)))
     try:
-        loaded = load_scenario(scenario, overrides)
-        run_dir = out or Path("runs") / f"{loaded.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        loaded = Scenario.from_file(scenario, overrides)
+        run_dir = out or api.default_run_dir(loaded)
         if run_dir.exists() and any(run_dir.iterdir()):
             raise FedsimError(f"{run_dir}: run directory exists and is not empty (use --out)")
         columns = (
@@ -125,9 +135,8 @@ def run(
             started = time.perf_counter()
             try:
                 with _stop_on_ctrl_c() as stop:
-                    run_dir, summary = run_scenario(
-                        loaded, run_dir, on_round_end=on_round_end, stop=stop
-                    )
+                    finished = api.run(loaded, out=run_dir, on_round_end=on_round_end, stop=stop)
+                    summary = finished.summary or {}
             except RunInterrupted:
                 raise
             except FedsimError:
@@ -172,8 +181,8 @@ def resume(
     """
     import tomllib
 
+    from fedsim import api
     from fedsim.results import SCENARIO_FILE
-    from fedsim.run import resume_run
     from fedsim.run.checkpoint import RunInterrupted
 
     if not verbose:
@@ -191,9 +200,10 @@ def resume(
 
             try:
                 with _stop_on_ctrl_c() as stop:
-                    _, summary = resume_run(
+                    resumed = api.resume(
                         run_dir, on_round_end=on_round_end, stop=stop, allow_pickle=allow_pickle
                     )
+                    summary = resumed.summary or {}
             except FedsimError:
                 bar.live.transient = bar.tasks[task].completed == 0
                 raise
@@ -335,12 +345,13 @@ def sweep(
     Complete runs are skipped, so running the same command again continues an
     interrupted sweep.
     """
-    from fedsim.sweep import SweepEvent, plan_sweep, run_sweep
+    from fedsim import api
+    from fedsim.sweep import SweepEvent
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
-        plan = plan_sweep(scenario, grid=grid, seeds=seeds, overrides=list(set_ or []), out=out)
+        plan = api.plan_sweep(scenario, grid=grid, seeds=seeds, overrides=list(set_ or []), out=out)
         rounds = {point.name: point.scenario.rounds for point in plan.points}
         done_rounds = dict.fromkeys(rounds, 0)
         finished: list[str] = []
@@ -378,7 +389,7 @@ def sweep(
                 )
 
             try:
-                outcome = run_sweep(plan, parallel=parallel, on_event=on_event)
+                outcome = api.sweep(plan, parallel=parallel, on_event=on_event)
             except KeyboardInterrupt:
                 progress.stop()
                 console.print(

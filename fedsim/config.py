@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ TOP_LEVEL = {
     "engine",
     "evaluate",
     "checkpoint",
+    "log",
     "sweep",  # read by fedsim.sweep; a single run ignores it
 }
 DATA_COMMON = {
@@ -71,7 +73,34 @@ ENGINE_KEYS = {
 }
 EVALUATE_KEYS = {"every", "central", "federated", "batch_size"}
 CHECKPOINT_KEYS = {"every", "allow_pickle"}
+LOG_KEYS = {"trackers"}
 ENGINE_KINDS = ("ray", "inline", "flower")
+
+# Building blocks a script may pass as Python objects instead of by file path: the
+# slot's name → the scenario key that names it in a file. The resolved scenario
+# (scenario.toml) records such an object as OBJECT_PREFIX + its import path.
+OBJECT_SLOTS = {
+    "strategy": "strategy.name",
+    "participation": "participation.script",
+    "client_app": "client.app",
+    "model_factory": "model.factory",
+}
+OBJECT_PREFIX = "python:"
+
+
+def object_marker(obj: object) -> str:
+    """How the resolved scenario names an object passed in by a script.
+
+    >>> object_marker(dict)
+    'python:builtins.dict'
+    """
+    target = obj if isinstance(obj, type) or hasattr(obj, "__qualname__") else type(obj)
+    module = getattr(target, "__module__", None) or "?"
+    return f"{OBJECT_PREFIX}{module}.{getattr(target, '__qualname__', type(obj).__qualname__)}"
+
+
+def is_object_marker(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(OBJECT_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -145,6 +174,10 @@ class Scenario:
     checkpoint_every: int
     raw: dict[str, Any] = field(repr=False)
     checkpoint_allow_pickle: bool = False  # pickle a strategy state that is not data
+    # Trackers that receive the run's metrics besides its parquet tables ([log] trackers).
+    trackers: tuple[str, ...] = ()
+    # Building blocks passed as Python objects (OBJECT_SLOTS' names → the object).
+    objects: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def strategy_name(self) -> str:
@@ -153,6 +186,130 @@ class Scenario:
     @property
     def strategy_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.strategy.items() if k != "name"}
+
+    # --- the public constructors (fedsim.Scenario; docs/api.md) ----------------------
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        overrides: Mapping[str, Any] | Iterable[str] | None = None,
+        **objects: Any,
+    ) -> Scenario:
+        """Read, override and validate a scenario file (what ``fedsim run FILE --set ...``
+        reads). ``overrides``: ``{"client.lr": 0.05}`` or ``["client.lr=0.05"]``;
+        ``objects``: building blocks passed directly (see :meth:`with_objects`).
+        Raises :class:`~fedsim.errors.ScenarioError` with the CLI's one-line message.
+        """
+        path = Path(path)
+        raw = apply_overrides(read_toml(path), override_pairs(overrides), str(path))
+        return _with_objects(raw, str(path), path.parent, objects)
+
+    @classmethod
+    def from_dict(
+        cls,
+        raw: Mapping[str, Any],
+        *,
+        base_dir: str | Path | None = None,
+        source: str = "<scenario>",
+        **objects: Any,
+    ) -> Scenario:
+        """Validate a scenario given as a dict (the TOML file's tables); relative paths in
+        it resolve against ``base_dir`` (default: the current directory).
+
+        >>> s = Scenario.from_dict({"rounds": 2, "data": {"dataset": "mnist1d",
+        ...     "num_clients": 4}, "model": {"name": "mlp"}})
+        >>> s.name, s.rounds, s.strategy_name
+        ('run', 2, 'fedavg')
+        """
+        base = Path.cwd() if base_dir is None else Path(base_dir)
+        return _with_objects(copy.deepcopy(dict(raw)), source, base, objects)
+
+    def with_overrides(self, overrides: Mapping[str, Any] | Iterable[str]) -> Scenario:
+        """A new scenario with dotted keys set, validated again; objects are kept.
+
+        >>> s = Scenario.from_dict({"rounds": 2, "data": {"dataset": "mnist1d",
+        ...     "num_clients": 4}, "model": {"name": "mlp"}})
+        >>> s.with_overrides({"client.lr": 0.5}).client.lr, s.client.lr
+        (0.5, 0.01)
+        """
+        raw = apply_overrides(self.raw, override_pairs(overrides), self.source)
+        return _with_objects(raw, self.source, self.base_dir, self.objects)
+
+    def with_objects(
+        self,
+        *,
+        strategy: Any = None,
+        participation: Any = None,
+        client_app: Any = None,
+        model_factory: Any = None,
+    ) -> Scenario:
+        """A new scenario whose building blocks are these Python objects, in place of a
+        file path or registry name: ``strategy`` a Flower strategy class (built with the
+        ``[strategy]`` options like a named one) or instance (used as is);
+        ``participation`` a function ``(round, clients, rng, **script_args)`` or an
+        object with ``reachable(round)``; ``client_app`` a ``flwr.clientapp.ClientApp``;
+        ``model_factory`` a callable returning a ``torch.nn.Module`` (it may take
+        ``input_shape`` and ``num_classes``). ``None`` keeps the current one.
+        """
+        given = {
+            "strategy": strategy,
+            "participation": participation,
+            "client_app": client_app,
+            "model_factory": model_factory,
+        }
+        objects = {**self.objects, **{k: v for k, v in given.items() if v is not None}}
+        return _with_objects(copy.deepcopy(self.raw), self.source, self.base_dir, objects)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved scenario as the dict written to the run's ``scenario.toml``."""
+        return copy.deepcopy(self.raw)
+
+
+def override_pairs(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[tuple[str, Any]]:
+    """``{"a.b": v}`` or ``["a.b=v"]`` (``--set`` syntax) → ``[("a.b", v)]``."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        for key in overrides:
+            if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+                raise ScenarioError("overrides", str(key), "a dotted key such as client.lr")
+        return list(overrides.items())
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    return [parse_override(text) for text in overrides]
+
+
+def _with_objects(
+    raw: dict[str, Any], source: str, base_dir: Path, objects: Mapping[str, Any]
+) -> Scenario:
+    """Validate ``raw`` with each object's marker at its scenario key."""
+    unknown = sorted(set(objects) - set(OBJECT_SLOTS))
+    if unknown:
+        raise ScenarioError(source, unknown[0], f"a building block among {', '.join(OBJECT_SLOTS)}")
+    kept = {name: obj for name, obj in objects.items() if obj is not None}
+    for name, obj in kept.items():
+        table_name, key = OBJECT_SLOTS[name].split(".")
+        table = raw.setdefault(table_name, {})
+        if not isinstance(table, dict):
+            raise ScenarioError(source, table_name, "a table", got=table)
+        if name == "participation":  # it replaces the table's pattern; faults stay
+            from fedsim.participation import FAULT_KEYS
+
+            kept_keys = {*FAULT_KEYS, "script_args"}
+            for other in [k for k in table if k not in kept_keys]:
+                del table[other]
+            table["pattern"] = "script"
+        table[key] = object_marker(obj)
+        if name == "model_factory":
+            table.pop("name", None)
+    scenario = scenario_from_dict(raw, source=source, base_dir=base_dir)
+    for name, key in OBJECT_SLOTS.items():
+        table_name, leaf = key.split(".")
+        value = raw.get(table_name, {}).get(leaf)
+        if name not in kept and is_object_marker(value):
+            raise ScenarioError(source, key, f"the Python object it names ({name}=...)", got=value)
+    return replace(scenario, objects=kept) if kept else scenario
 
 
 def parse_override(text: str, source: str = "--set") -> tuple[str, Any]:
@@ -249,6 +406,7 @@ def scenario_from_dict(
     checkpoint_reader.only(CHECKPOINT_KEYS)
     checkpoint_every = checkpoint_reader.integer("every", 10, minimum=0)
     checkpoint_allow_pickle = checkpoint_reader.boolean("allow_pickle", False)
+    trackers = _trackers(top.child("log"))
 
     return Scenario(
         source=source,
@@ -266,7 +424,22 @@ def scenario_from_dict(
         checkpoint_every=checkpoint_every,
         raw=copy.deepcopy(raw),
         checkpoint_allow_pickle=checkpoint_allow_pickle,
+        trackers=trackers,
     )
+
+
+TRACKER_NAMES = ("jsonl", "tensorboard", "mlflow", "wandb")
+
+
+def _trackers(reader: Options) -> tuple[str, ...]:
+    """``[log] trackers = ["tensorboard", ...]`` (a single name is a list of one)."""
+    reader.only(LOG_KEYS)
+    value = reader.table.get("trackers", [])
+    names = [value] if isinstance(value, str) else value
+    expected = f"a list of tracker names among {', '.join(TRACKER_NAMES)}"
+    if not isinstance(names, list) or any(name not in TRACKER_NAMES for name in names):
+        raise reader.fail("trackers", expected, value)
+    return tuple(dict.fromkeys(names))
 
 
 # Per-client state (label mixes, participation rates, Flower Contexts) is held in

@@ -179,9 +179,13 @@ def _factory_call(
     source: str | Path,
     base_dir: Path,
 ) -> Callable[[], nn.Module]:
-    if not isinstance(factory, str):
+    if callable(factory):  # passed as an object by a script (fedsim.Scenario.with_objects)
+        make = factory
+        factory = str(getattr(factory, "__qualname__", type(factory).__name__))
+    elif not isinstance(factory, str):
         raise ScenarioError(source, "model.factory", '"path/to/file.py:name"', got=factory)
-    make = load_object(factory, base_dir=base_dir, source=source, key="model.factory")
+    else:
+        make = load_object(factory, base_dir=base_dir, source=source, key="model.factory")
     if not callable(make):
         raise ScenarioError(source, "model.factory", "a callable", got=factory)
     kwargs = _factory_kwargs(make, factory, options, input_shape, num_classes, source)

@@ -30,15 +30,16 @@ plain ``fedsim run`` ignores::
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
 import logging
 import re
 import shutil
+import sys
 import time
 import tomllib
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -252,29 +253,49 @@ class SweepPlan:
 
 
 def plan_sweep(
-    scenario_file: str | Path,
+    scenario_file: str | Path | Scenario,
     *,
-    grid: Sequence[str] | None = None,
+    grid: Sequence[str] | Mapping[str, Sequence[Any]] | None = None,
     seeds: str | Sequence[int] | None = None,
-    overrides: Sequence[str] = (),
+    overrides: Sequence[str] | Mapping[str, Any] = (),
     out: str | Path | None = None,
 ) -> SweepPlan:
     """Expand a scenario and a grid into validated points.
 
-    ``grid`` holds ``--grid`` options (``"key=v1,v2"``); with ``grid`` or ``seeds``
-    left ``None`` the scenario's ``[sweep]`` table gives them; without seeds the sweep
-    uses the scenario's own seed. ``overrides`` (``--set``) apply to every point before
-    the grid's values. The points vary the last grid key fastest and the seed slowest,
-    so an early stop has every configuration at the first seed. ``out`` defaults to
-    ``runs/NAME-sweep``.
+    ``scenario_file``: a scenario file, or a :class:`~fedsim.config.Scenario` (its
+    building blocks passed as objects go to every point). ``grid`` holds ``--grid``
+    options (``"key=v1,v2"``) or a mapping ``{"key": [v1, v2]}``; with ``grid`` or
+    ``seeds`` left ``None`` the scenario's ``[sweep]`` table gives them; without seeds
+    the sweep uses the scenario's own seed. ``overrides`` (``--set``, or a mapping)
+    apply to every point before the grid's values. The points vary the last grid key
+    fastest and the seed slowest, so an early stop has every configuration at the
+    first seed. ``out`` defaults to ``runs/NAME-sweep``.
     """
-    path = Path(scenario_file)
-    source = str(path)
-    raw = read_toml(path)
+    objects: dict[str, Any] = {}
+    if isinstance(scenario_file, Scenario):
+        given = scenario_file
+        path, source, base_dir = Path(given.source), given.source, given.base_dir
+        raw = given.to_dict()
+        objects = dict(given.objects)
+    else:
+        path = Path(scenario_file)
+        source, base_dir = str(path), path.parent
+        raw = read_toml(path)
     file_grid, file_seeds = sweep_table(raw, source)
     raw.pop("sweep", None)
-    raw = apply_overrides(raw, [parse_override(text) for text in overrides], source)
-    axes = dict(file_grid) if grid is None else _grid_from_options(grid)
+    if isinstance(overrides, Mapping):
+        override_pairs = list(overrides.items())
+        override_texts = tuple(f"{key}={value!r}" for key, value in overrides.items())
+    else:
+        override_pairs = [parse_override(text) for text in overrides]
+        override_texts = tuple(overrides)
+    raw = apply_overrides(raw, override_pairs, source)
+    if grid is None:
+        axes = dict(file_grid)
+    elif isinstance(grid, Mapping):
+        axes = _grid_from_mapping(grid)
+    else:
+        axes = _grid_from_options(grid)
     if isinstance(seeds, str):
         seed_list = parse_seeds(seeds)
     elif seeds is not None:
@@ -285,18 +306,27 @@ def plan_sweep(
         if seeds is not None or file_seeds:
             raise ScenarioError(source, "sweep.grid.seed", "seeds given once (--seeds or grid)")
         seed_list = _unique_seeds(axes.pop(SEED_KEY), source, "sweep.grid.seed")
-    base = scenario_from_dict(copy.deepcopy(raw), source=source, base_dir=path.parent)
+    base = Scenario.from_dict(raw, source=source, base_dir=base_dir, **objects)
     if not seed_list:
         seed_list = [base.seed]
     points = []
     for seed, values in itertools.product(seed_list, itertools.product(*axes.values())):
         settings = {**dict(zip(axes, values, strict=True)), SEED_KEY: seed}
-        point_raw = apply_overrides(raw, list(settings.items()), source)
-        scenario = scenario_from_dict(point_raw, source=source, base_dir=path.parent)
+        point_raw = apply_overrides(base.raw, list(settings.items()), source)
+        scenario = Scenario.from_dict(point_raw, source=source, base_dir=base_dir, **objects)
         points.append(Point(run_name(settings), settings, scenario))
     _disambiguate(points)
     directory = Path(out) if out is not None else Path("runs") / f"{base.name}-sweep"
-    return SweepPlan(path, tuple(overrides), axes, seed_list, points, directory)
+    return SweepPlan(path, override_texts, axes, seed_list, points, directory)
+
+
+def _grid_from_mapping(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    axes: dict[str, list[Any]] = {}
+    for key, values in grid.items():
+        if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+            raise ScenarioError("grid", key, "a non-empty list of values", got=values)
+        axes[key] = list(values)
+    return axes
 
 
 def _grid_from_options(options: Iterable[str]) -> dict[str, list[Any]]:
@@ -454,6 +484,11 @@ def run_sweep(
         raise FedsimError(f"--parallel: expected an integer >= 1, got {parallel}")
     if run is not None and parallel != 1:
         raise FedsimError("run_sweep: a custom run function runs in this process (parallel=1)")
+    if parallel != 1 and any(point.scenario.objects for point in plan.points):
+        raise FedsimError(
+            "--parallel: a scenario with building blocks passed as Python objects "
+            "runs in this process (parallel=1)"
+        )
     check_resumable(plan)
     plan.directory.mkdir(parents=True, exist_ok=True)
     manifest = _Manifest(plan)
@@ -627,3 +662,45 @@ def _run_in_worker(raw: dict[str, Any], source: str, base_dir: str, run_dir: str
     except Exception as error:  # exceptions with custom constructors do not unpickle
         raise _failure(error) from None
     return summary
+
+
+# --- the public functions (fedsim.sweep(...), docs/api.md) ----------------------------
+
+
+def sweep(
+    scenario: Scenario | str | Path | SweepPlan,
+    *,
+    grid: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
+    seeds: Sequence[int] | str | None = None,
+    out: str | Path | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] = (),
+    parallel: int = 1,
+    on_event: Callable[[SweepEvent], None] | None = None,
+) -> SweepOutcome:
+    """Run ``scenario`` over ``grid`` × ``seeds``, one run directory each, under ``out``.
+
+    ``grid``: ``{"client.lr": [0.01, 0.1]}`` (or ``--grid`` strings); ``None`` takes
+    the scenario's ``[sweep]`` table. Complete runs are skipped, so calling it again
+    continues an interrupted sweep. Returns what ran, was skipped and failed; its
+    ``directory`` loads with :func:`fedsim.analysis.load_sweep`. ``parallel``: runs
+    at a time (worker processes; 1 when the scenario holds Python objects).
+    ``scenario`` may be a plan from :func:`plan_sweep` (then the other
+    planning arguments are not taken).
+    """
+    if isinstance(scenario, SweepPlan):
+        if grid is not None or seeds is not None or out is not None or overrides:
+            raise FedsimError("sweep: a planned sweep takes no grid, seeds, out or overrides")
+        planned = scenario
+    else:
+        planned = plan_sweep(scenario, grid=grid, seeds=seeds, overrides=overrides, out=out)
+    return run_sweep(planned, parallel=parallel, on_event=on_event)
+
+
+class _CallableModule(types.ModuleType):
+    """``fedsim.sweep(scenario, ...)`` calls :func:`sweep`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return sweep(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -5,12 +5,23 @@ imports nothing that trains.
 
 - :mod:`fedsim.analysis.runs`: one run (tables, events, summary, per-client facts);
 - :mod:`fedsim.analysis.sweeps`: many runs as one frame, per-configuration results;
+- :mod:`fedsim.analysis.clients`: per-client and fairness views (distribution across
+  clients, worst 10 %, Jain's index, accuracy vs participation and data size);
 - :mod:`fedsim.analysis.report`: the figures and tables of ``fedsim report``.
 
 >>> # run = load_run("runs/quickstart-20261122-101500")
 >>> # run.metrics.query("phase == 'central' and metric == 'accuracy'")
 """
 
+from fedsim.analysis.clients import (
+    client_distribution,
+    client_table,
+    client_values,
+    fairness_summary,
+    has_client_metric,
+    jain_index,
+    worst_fraction_mean,
+)
 from fedsim.analysis.runs import (
     Run,
     client_facts,
@@ -46,14 +57,20 @@ __all__ = [
     "PHASE_ORDER",
     "SEED_COLUMN",
     "Run",
+    "client_distribution",
     "client_facts",
+    "client_table",
+    "client_values",
     "config_columns",
     "configuration_label",
     "curve",
+    "fairness_summary",
     "find_runs",
     "flatten_config",
     "grid_order",
+    "has_client_metric",
     "higher_is_better",
+    "jain_index",
     "last_client_values",
     "load_run",
     "load_runs",
@@ -67,4 +84,5 @@ __all__ = [
     "summary_table",
     "sweep_manifest",
     "varying_keys",
+    "worst_fraction_mean",
 ]

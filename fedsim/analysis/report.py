@@ -48,6 +48,13 @@ from fedsim.analysis import (
     sweep_manifest,
     varying_keys,
 )
+from fedsim.analysis.clients import (
+    CLIENT_METRIC,
+    client_distribution,
+    client_table,
+    fairness_summary,
+)
+from fedsim.analysis.runs import Run
 from fedsim.errors import FedsimError
 
 DPI = 120
@@ -240,6 +247,45 @@ def diagnostic_figure(frame: pd.DataFrame, stem: str) -> Figure | None:
     return curves_figure(subset, metric, phase=phase, ylabel=ylabel, log=log and positive)
 
 
+def clients_figure(run: Run, metric: str = CLIENT_METRIC) -> Figure:
+    """Per-client views of one run that evaluated on clients: the distribution of
+    ``metric`` across clients per evaluated round (median, 25–75 % and 10–90 % bands,
+    min and max, the worst-10 % mean), and each client's last value against its
+    participation rate and its training examples."""
+    distribution = client_distribution(run, metric)
+    table = client_table(run, metric)
+    figure = new_figure(3, width=5.5, height=4.0)
+    band, rate_ax, size_ax = figure.axes[:3]
+    rounds = distribution["round"]
+    band.fill_between(
+        rounds, distribution["min"], distribution["max"], color="#deebf7", label="min–max"
+    )
+    band.fill_between(
+        rounds, distribution["q10"], distribution["q90"], color="#9ecae1", label="10–90 %"
+    )
+    band.fill_between(
+        rounds, distribution["q25"], distribution["q75"], color="#4292c6", label="25–75 %"
+    )
+    band.plot(rounds, distribution["q50"], color="#08306b", label="median")
+    band.plot(rounds, distribution["worst10"], color="#e6550d", ls="--", label="worst 10 % mean")
+    band.set_xlabel("round")
+    band.set_ylabel(metric)
+    band.set_title(f"{metric} across clients")
+    band.legend(fontsize=7, loc="lower right")
+    band.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax, column, label in (
+        (rate_ax, "participation_rate", "participation rate (rounds replied / rounds)"),
+        (size_ax, "train_examples", "training examples"),
+    ):
+        shown = table.dropna(subset=["value", column])
+        ax.scatter(shown[column], shown["value"], s=14, color="#08519c")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"last {metric}")
+        ax.set_title(f"{metric} vs {column.replace('_', ' ')}")
+    figure.suptitle(f"{run.path.name}: per-client {metric}")
+    return figure
+
+
 # --- tables --------------------------------------------------------------------------------
 
 
@@ -334,6 +380,21 @@ def write_report(
         diagnostic = diagnostic_figure(frame, stem)
         if diagnostic is not None:
             figures[stem] = _save(diagnostic, directory / f"{stem}.png")
+    fairness = {name: fairness_summary(rows) for name, rows in frame.groupby("run", sort=False)}
+    evaluated = [name for name, values in fairness.items() if values]
+    if evaluated:
+        chosen = _first_runs(frame[frame["run"].isin(evaluated)], by)[0][1]
+        figures["clients"] = _save(
+            clients_figure(load_run(paths[chosen])), directory / "clients.png"
+        )
+        columns = pd.DataFrame.from_dict(fairness, orient="index").rename_axis("run")
+        per_run = per_run.merge(columns.reset_index(), on="run", how="left")
+        summary = _with_fairness(summary, per_run, by)
+        clients_note = ""
+    else:
+        clients_note = (
+            "Per-client views: no run evaluated on clients (set [evaluate] federated = true).\n\n"
+        )
 
     csv = directory / "summary.csv"
     summary.to_csv(csv, index=False)
@@ -341,8 +402,21 @@ def write_report(
     markdown = directory / "summary.md"
     title = f"# {path.name}: {len(runs)} run{'s' if len(runs) != 1 else ''}\n\n"
     images = "".join(f"![{name}]({file.name})\n" for name, file in figures.items())
-    markdown.write_text(title + summary_markdown(summary, by, metric, target) + "\n" + images)
+    table = summary_markdown(summary, by, metric, target)
+    markdown.write_text(title + table + "\n" + clients_note + images)
     return Report(directory, figures, summary, per_run, markdown, csv)
+
+
+FAIRNESS_COLUMNS = ["client_std", "client_worst10", "client_jain"]
+
+
+def _with_fairness(summary: pd.DataFrame, per_run: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The summary with each configuration's mean over seeds of the fairness columns."""
+    present = [c for c in FAIRNESS_COLUMNS if c in per_run]
+    if by:
+        means = per_run.groupby(list(by), dropna=False, sort=False)[present].mean().reset_index()
+        return summary.merge(means, on=list(by), how="left")
+    return summary.assign(**{c: per_run[c].mean() for c in present})
 
 
 _RESULTS = ["final", "best", "best_round", "rounds_to_target"]
@@ -354,6 +428,7 @@ def _stem(metric: str) -> str:
 
 __all__ = [
     "Report",
+    "clients_figure",
     "curves_figure",
     "diagnostic_figure",
     "omega_figure",

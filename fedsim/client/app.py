@@ -96,10 +96,25 @@ class ClientSpec:
     weight_decay: float
     eval_batch_size: int
     device: str
+    # A model factory a script passed as an object (shipped by value; None: by the table).
+    model_factory: Any = None
 
     @classmethod
     def make(cls, *, model: dict[str, Any], **fields: Any) -> ClientSpec:
+        factory = model.get("factory")
+        if callable(factory):
+            table = {k: v for k, v in model.items() if k != "factory"}
+            table["factory"] = "<object>"
+            return cls(
+                model_spec=json.dumps(table, sort_keys=True), model_factory=factory, **fields
+            )
         return cls(model_spec=json.dumps(model, sort_keys=True), **fields)
+
+    def model_table(self) -> dict[str, Any]:
+        table = json.loads(self.model_spec)
+        if self.model_factory is not None:
+            table["factory"] = self.model_factory
+        return dict(table)
 
 
 class _Workspace:
@@ -109,7 +124,7 @@ class _Workspace:
         self.device = resolve_device(spec.device)
         self.store = ClientDataStore.open(Path(spec.data_dir))
         self.model = build_model(
-            json.loads(spec.model_spec),
+            spec.model_table(),
             input_shape=spec.input_shape,
             num_classes=spec.num_classes,
             seed=spec.seed,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim import keys
-from fedsim.config import Scenario, read_toml, scenario_from_dict
+from fedsim.config import Scenario, read_toml
 from fedsim.data.prepare import ProxySet
 from fedsim.data.store import ClientDataStore
 from fedsim.errors import FedsimError
@@ -60,6 +60,7 @@ def resume_run(
     on_round_end: ProgressCallback | None = None,
     stop: threading.Event | None = None,
     allow_pickle: bool = False,
+    objects: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Continue an unfinished run from its checkpoint; returns the directory and summary.
 
@@ -69,11 +70,15 @@ def resume_run(
     uninterrupted run (timing rows aside). Raises a FedsimError naming the
     directory when it holds no unfinished run. ``allow_pickle``: load a strategy
     state pickled under ``[checkpoint] allow_pickle`` (it runs code from the file).
+    ``objects``: the building blocks the run was given as Python objects
+    (:meth:`fedsim.config.Scenario.with_objects`), given again.
     """
     run_dir = Path(run_dir)
     checkpoint = load_checkpoint(run_dir, allow_pickle=allow_pickle)
     raw = read_toml(run_dir / SCENARIO_FILE)
-    scenario = scenario_from_dict(raw, source=checkpoint.source, base_dir=Path(checkpoint.base_dir))
+    scenario = Scenario.from_dict(
+        raw, source=checkpoint.source, base_dir=Path(checkpoint.base_dir), **(objects or {})
+    )
     if scenario.engine.kind == "flower":
         raise FedsimError(f"{run_dir}: runs on Flower's engine cannot be resumed")
     validate(scenario)
@@ -110,8 +115,24 @@ def _execute(
     """Build, run the rounds, write the final model and the summary.
 
     A run that stops on an error still flushes its results so far, with the
-    error as a ``run_stopped`` event.
+    error as a ``run_stopped`` event. The scenario's trackers ([log] trackers) get
+    the rows of every round as it ends, and the summary.
     """
+    trackers = None
+    if scenario.trackers:
+        from fedsim.trackers import Trackers
+
+        trackers = Trackers(scenario.trackers, run_dir, scenario.raw)
+        trackers.skip_to(len(writer.metric_rows) if control.resume is not None else 0)
+        outer = control.on_round_end
+
+        def on_round_end(rnd: int, accuracy: float | None) -> None:
+            assert trackers is not None
+            trackers.update(writer.metric_rows)
+            if outer is not None:
+                outer(rnd, accuracy)
+
+        control.on_round_end = on_round_end
     try:
         setup = build_run(scenario, run_dir, data=data)
         writer.client_facts(setup.client_facts())
@@ -134,5 +155,8 @@ def _execute(
         **cohort_summary(writer),
     }
     writer.finish(summary)
+    if trackers is not None:
+        trackers.update(writer.metric_rows)
+        trackers.finish(summary)
     remove_checkpoint(run_dir)
     return summary

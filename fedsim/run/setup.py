@@ -40,6 +40,7 @@ from fedsim.engine.identity import node_id_of
 from fedsim.errors import ScenarioError
 from fedsim.models import build_model
 from fedsim.participation import build_faults, build_pattern
+from fedsim.participation.script import ScriptPattern
 from fedsim.plugins import load_object
 from fedsim.results import CLIENT_DATA_DIR, ClientFacts
 from fedsim.strategies import (
@@ -63,9 +64,12 @@ class StrategyChoice:
     cls: type
     options: dict[str, Any]
     proxy: ProxyRequest | None
+    instance: Any = None  # a strategy object a script passed in: used as is
 
     def build(self, inputs: StrategyInputs, source: str) -> Any:
         """A fresh strategy for ``inputs`` (the grid's node ids are known by then)."""
+        if self.instance is not None:
+            return self.instance
         return build_strategy(self.cls, self.options, inputs=inputs, source=source)
 
 
@@ -119,10 +123,22 @@ class RunSetup:
 
 def choose_strategy(scenario: Scenario) -> StrategyChoice:
     """The strategy class, its options and its proxy request (the scenario is not changed)."""
-    cls = resolve_strategy_class(
-        scenario.strategy_name, source=scenario.source, base_dir=scenario.base_dir
-    )
+    given = scenario.objects.get("strategy")
     options = scenario.strategy_options
+    if given is not None and not isinstance(given, type):
+        if options:
+            raise ScenarioError(
+                scenario.source,
+                f"strategy.{next(iter(options))}",
+                "no [strategy] options with a strategy instance (pass its class instead)",
+            )
+        return StrategyChoice(type(given), {}, None, instance=given)
+    if given is not None:
+        cls = given
+    else:
+        cls = resolve_strategy_class(
+            scenario.strategy_name, source=scenario.source, base_dir=scenario.base_dir
+        )
     declared, _ = declared_parameters(cls)
     proxy = None
     if "proxy_data" in declared:
@@ -162,18 +178,52 @@ def build_participation(scenario: Scenario, labels: np.ndarray | None) -> tuple[
         scenario.source,
         scenario.base_dir,
     )
-    pattern = build_pattern(
-        scenario.participation,
-        num_clients=n,
-        seed=seed,
-        label_distribution=labels,
-        source=source,
-        base_dir=base_dir,
-    )
+    given = scenario.objects.get("participation")
+    if given is not None:
+        pattern = _participation_object(scenario, given)
+    else:
+        pattern = build_pattern(
+            scenario.participation,
+            num_clients=n,
+            seed=seed,
+            label_distribution=labels,
+            source=source,
+            base_dir=base_dir,
+        )
     faults = build_faults(
         scenario.participation, num_clients=n, seed=seed, source=source, base_dir=base_dir
     )
     return pattern, faults
+
+
+def _participation_object(scenario: Scenario, given: Any) -> Any:
+    """A pattern object (it has ``reachable``) as is; a function as a script pattern."""
+    if hasattr(given, "reachable"):
+        return given
+    if not callable(given):
+        raise ScenarioError(
+            scenario.source,
+            "participation",
+            "a function (round, clients, rng) or an object with reachable(round)",
+            got=type(given).__name__,
+        )
+    kwargs = scenario.participation.get("script_args", {})
+    if not isinstance(kwargs, dict):
+        raise ScenarioError(scenario.source, "participation.script_args", "a table", got=kwargs)
+    return ScriptPattern(
+        given,
+        num_clients=scenario.data.num_clients,
+        seed=scenario.seed,
+        kwargs=kwargs,
+        source=scenario.source,
+        spec=str(scenario.participation["script"]),
+    )
+
+
+def model_table(scenario: Scenario) -> dict[str, Any]:
+    """The [model] table with a model factory passed as an object put in place of its name."""
+    given = scenario.objects.get("model_factory")
+    return scenario.model if given is None else {**scenario.model, "factory": given}
 
 
 def check_model_table(scenario: Scenario) -> None:
@@ -189,12 +239,17 @@ def check_model_table(scenario: Scenario) -> None:
 
 
 def load_user_app(scenario: Scenario) -> ClientApp | None:
-    """The user's ClientApp named by ``client.app``; None for fedsim's own."""
+    """The user's ClientApp named by ``client.app`` or passed in; None for fedsim's own."""
     if scenario.client.app is None:
         return None
-    app = load_object(
-        scenario.client.app, base_dir=scenario.base_dir, source=scenario.source, key="client.app"
-    )
+    app = scenario.objects.get("client_app")
+    if app is None:
+        app = load_object(
+            scenario.client.app,
+            base_dir=scenario.base_dir,
+            source=scenario.source,
+            key="client.app",
+        )
     if not isinstance(app, ClientApp):
         raise ScenarioError(
             scenario.source, "client.app", "a flwr ClientApp", got=type(app).__name__
@@ -221,16 +276,19 @@ def _check_dataset_keys(scenario: Scenario) -> None:
 def _placeholder_model(scenario: Scenario) -> Callable[[], torch.nn.Module]:
     """Built-in models are built on the meta device (no memory) with placeholder data
     dimensions; a factory is only imported (its checks need the data's real shape)."""
-    spec = scenario.model
+    spec = model_table(scenario)
     if "factory" in spec and "name" not in spec:
         factory = spec["factory"]
-        if not isinstance(factory, str):
+        if callable(factory):
+            make = factory
+        elif not isinstance(factory, str):
             raise ScenarioError(
                 scenario.source, "model.factory", '"path/to/file.py:name"', got=factory
             )
-        make = load_object(
-            factory, base_dir=scenario.base_dir, source=scenario.source, key="model.factory"
-        )
+        else:
+            make = load_object(
+                factory, base_dir=scenario.base_dir, source=scenario.source, key="model.factory"
+            )
         if not callable(make):
             raise ScenarioError(scenario.source, "model.factory", "a callable", got=factory)
 
@@ -253,7 +311,7 @@ def _model_factory(
 ) -> Callable[[], torch.nn.Module]:
     return functools.partial(
         build_model,
-        scenario.model,
+        model_table(scenario),
         input_shape=input_shape,
         num_classes=num_classes,
         seed=scenario.seed,
@@ -266,7 +324,7 @@ def _fedsim_app(scenario: Scenario, store: ClientDataStore) -> ClientApp:
     client = scenario.client
     return make_client_app(
         ClientSpec.make(
-            model=scenario.model,
+            model=model_table(scenario),
             data_dir=str(store.directory),
             input_shape=store.input_shape,
             num_classes=store.num_classes,

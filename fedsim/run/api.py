@@ -1,0 +1,130 @@
+"""fedsim's public run functions, ``fedsim.run`` and ``fedsim.resume`` (see :mod:`fedsim.api`).
+
+Three verbs over one noun. A :class:`~fedsim.config.Scenario` is read from a file
+(:meth:`Scenario.from_file`) or a dict (:meth:`Scenario.from_dict`), changed with
+:meth:`Scenario.with_overrides` and given Python objects as building blocks with
+:meth:`Scenario.with_objects`; :func:`run` runs it and returns the run as
+:func:`fedsim.analysis.load_run` reads it back; :func:`sweep` runs it over a grid
+and seeds; :func:`resume` continues an interrupted run. ``fedsim run``,
+``fedsim sweep`` and ``fedsim resume`` are these functions plus a progress bar, so
+a mistake raises the same :class:`~fedsim.errors.FedsimError` (one line) that the
+CLI prints. The stability promise is in docs/api.md.
+
+This module imports nothing heavy at import time: ``import fedsim`` stays light.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedsim.config import Scenario, override_pairs
+from fedsim.errors import FedsimError
+
+if TYPE_CHECKING:
+    from fedsim.analysis.runs import Run
+
+ProgressCallback = Callable[[int, float | None], None]
+
+__all__ = ["default_run_dir", "resume", "run"]
+
+
+def default_run_dir(scenario: Scenario) -> Path:
+    """``runs/NAME-YYYYmmdd-HHMMSS``: where a run goes without ``out``."""
+    return Path("runs") / f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _scenario(
+    scenario: Scenario | str | Path,
+    overrides: Mapping[str, Any] | Iterable[str] | None,
+    engine: str | None,
+    objects: Mapping[str, Any],
+) -> Scenario:
+    changes = dict(override_pairs(overrides))
+    if engine is not None:  # as the CLI's --engine: one more override
+        changes["engine.kind"] = engine
+    if isinstance(scenario, Scenario):
+        if changes:
+            scenario = scenario.with_overrides(changes)
+    elif isinstance(scenario, str | Path):
+        scenario = Scenario.from_file(scenario, changes)
+    else:
+        raise FedsimError(f"expected a Scenario or a scenario file, got {type(scenario).__name__}")
+    if any(value is not None for value in objects.values()):
+        scenario = scenario.with_objects(**objects)
+    return scenario
+
+
+def run(
+    scenario: Scenario | str | Path,
+    *,
+    out: str | Path | None = None,
+    engine: str | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    strategy: Any = None,
+    participation: Any = None,
+    client_app: Any = None,
+    model_factory: Any = None,
+    trackers: Sequence[str] | None = None,
+    on_round_end: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+) -> Run:
+    """Run a scenario into ``out`` and return it as :func:`fedsim.analysis.load_run` reads it.
+
+    ``scenario``: a :class:`Scenario` or a scenario file. ``out``: the run directory
+    (default ``runs/NAME-TIME``; it must be empty or absent). ``engine``: ``"ray"``,
+    ``"inline"`` or ``"flower"`` (``engine.kind``). ``overrides``: dotted keys, as
+    ``--set``. ``strategy``, ``participation``, ``client_app``, ``model_factory``:
+    building blocks as Python objects (:meth:`Scenario.with_objects`). ``trackers``:
+    extra sinks for the metrics (``[log] trackers``), e.g. ``["tensorboard"]``.
+    ``on_round_end(round, central_accuracy)`` is called after every round; setting
+    ``stop`` ends the run after the current round with a checkpoint
+    (:class:`~fedsim.run.checkpoint.RunInterrupted` is raised). Mistakes raise
+    :class:`~fedsim.errors.FedsimError` with the CLI's one-line message.
+    """
+    from fedsim.analysis.runs import load_run
+    from fedsim.run.entry import run_scenario
+
+    objects = {
+        "strategy": strategy,
+        "participation": participation,
+        "client_app": client_app,
+        "model_factory": model_factory,
+    }
+    resolved = _scenario(scenario, overrides, engine, objects)
+    if trackers is not None:
+        resolved = resolved.with_overrides({"log.trackers": list(trackers)})
+    run_dir = Path(out) if out is not None else default_run_dir(resolved)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FedsimError(f"{run_dir}: run directory exists and is not empty (use --out)")
+    run_scenario(resolved, run_dir, on_round_end=on_round_end, stop=stop)
+    return load_run(run_dir)
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    allow_pickle: bool = False,
+    on_round_end: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+    **objects: Any,
+) -> Run:
+    """Continue an interrupted run from its checkpoint (``fedsim resume``); returns the run.
+
+    A run given building blocks as objects needs them again: ``resume(path,
+    strategy=MyStrategy)``. ``allow_pickle``: as ``--allow-pickle``.
+    """
+    from fedsim.analysis.runs import load_run
+    from fedsim.run.entry import resume_run
+
+    resume_run(
+        Path(run_dir),
+        on_round_end=on_round_end,
+        stop=stop,
+        allow_pickle=allow_pickle,
+        objects=objects,
+    )
+    return load_run(run_dir)
