@@ -6,7 +6,7 @@
 50 per round, one local epoch of batch 10, ``fedau-cnn``, FedAvg, 1500 rounds, central
 evaluation on 10 000 test images every 10 rounds; fedsim's inline engine with cohort training
 (``engine.kind = "inline"``, ``engine.cohort = "auto"``), run through
-:func:`fedsim.run.run_scenario`, the path of ``fedsim run``, with fedsim's result writing.
+:func:`fedsim.simulation.run_scenario`, the path of ``fedsim run``, with fedsim's result writing.
 Checkpoints are off (the pfl-research benchmark keeps none). Issue 14's target: at most 60 s
 of wall time on one GPU.
 
@@ -136,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="20 clients, 4 per round, 6 rounds")
     args = parser.parse_args(argv)
     from fedsim.config import scenario_from_dict
-    from fedsim.run import run_scenario
-    from fedsim.run.checkpoint import RunInterrupted
+    from fedsim.simulation import run_scenario
+    from fedsim.simulation.checkpoint import RunInterrupted
 
     if args.quick:
         args.clients, args.per_round, args.rounds, args.every = 20, 4, 6, 3

@@ -55,7 +55,7 @@ from flwr.clientapp import ClientApp
 
 from fedsim.analysis import load_run
 from fedsim.errors import FedsimError
-from fedsim.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from fedsim.simulation.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 MODULE = Path(__file__).resolve()
 MAX_DELAY_S = 0.5

@@ -22,7 +22,7 @@ import torch
 
 from fedsim.client.device import resolve_device
 from fedsim.client.training import local_sgd, round_batches
-from fedsim.run import RunSetup
+from fedsim.simulation import RunSetup
 from fedsim.strategies.fedavg import fedavg_weights, weighted_server_update
 
 

@@ -28,7 +28,7 @@ from benchmarks.plain_loop import run_plain
 from benchmarks.workloads import ENGINE_OF
 from fedsim.config import scenario_from_dict
 from fedsim.results import RunWriter
-from fedsim.run import RunControl, RunSetup, build_run
+from fedsim.simulation import RunControl, RunSetup, build_run
 
 TIMING_KEYS = ("clients_s", "aggregate_s", "evaluate_s")
 
@@ -102,7 +102,7 @@ def _engine(
 ) -> dict[str, Any]:
     """Run fedsim's (Ray or inline) or Flower's engine; returns final arrays, per-round
     grid stats and the run's cohort counts."""
-    from fedsim.run.launch import run_inline, run_on_flower, run_on_ray
+    from fedsim.simulation.launch import run_inline, run_on_flower, run_on_ray
 
     kind, _ = ENGINE_OF[way]
     grids = _grid_recorder(kind) if kind != "flower" else []

@@ -10,9 +10,8 @@ or, from Python (docs/api.md)::
     run = fedsim.run(scenario, out="runs/quick")      # a fedsim.analysis.Run
     run.central("accuracy")
 
-The public names load lazily: ``import fedsim`` imports neither torch nor Ray.
-``fedsim.run`` and ``fedsim.sweep`` are both the functions and the packages that
-implement them (the modules are callable).
+The public names (:mod:`fedsim.api`) load lazily: ``import fedsim`` imports neither
+torch nor Ray.
 """
 
 from __future__ import annotations
@@ -29,18 +28,20 @@ if TYPE_CHECKING:
     from fedsim.analysis.runs import Run, load_run
     from fedsim.config import Scenario
     from fedsim.errors import FedsimError, RunError, ScenarioError
-    from fedsim.run.api import resume
+    from fedsim.simulation.api import resume, run
+    from fedsim.simulation.sweep import sweep
 
 _LAZY = {
     "Scenario": "fedsim.config",
-    "resume": "fedsim.run.api",
+    "resume": "fedsim.simulation.api",
+    "run": "fedsim.simulation.api",
+    "sweep": "fedsim.simulation.sweep",
     "Run": "fedsim.analysis.runs",
     "load_run": "fedsim.analysis.runs",
     "FedsimError": "fedsim.errors",
     "ScenarioError": "fedsim.errors",
     "RunError": "fedsim.errors",
 }
-_CALLABLE_MODULES = ("run", "sweep")  # fedsim.run(...) and fedsim.sweep(...)
 
 __all__ = [
     "FedsimError",
@@ -59,8 +60,6 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name in _CALLABLE_MODULES:
-        value = importlib.import_module(f"fedsim.{name}")
     else:
         raise AttributeError(f"module 'fedsim' has no attribute {name!r}")
     globals()[name] = value

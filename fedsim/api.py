@@ -10,11 +10,11 @@ an interrupted run. ``fedsim run``, ``fedsim sweep`` and ``fedsim resume`` are
 these functions plus a progress bar, so a mistake raises the same
 :class:`~fedsim.errors.FedsimError` (one line) that the CLI prints. The stability
 promise is in docs/api.md. The functions live beside what they drive
-(:mod:`fedsim.run.api`, :mod:`fedsim.sweep`); this module gathers them.
+(:mod:`fedsim.simulation.api`, :mod:`fedsim.simulation.sweep`); this module gathers them.
 """
 
 from fedsim.config import Scenario
-from fedsim.run.api import default_run_dir, resume, run
-from fedsim.sweep import plan_sweep, sweep
+from fedsim.simulation.api import default_run_dir, resume, run
+from fedsim.simulation.sweep import plan_sweep, sweep
 
 __all__ = ["Scenario", "default_run_dir", "plan_sweep", "resume", "run", "sweep"]

@@ -102,7 +102,7 @@ def run(
     """Run a scenario and print where its results are."""
     from fedsim import api
     from fedsim.config import Scenario
-    from fedsim.run.checkpoint import RunInterrupted
+    from fedsim.simulation.checkpoint import RunInterrupted
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -183,7 +183,7 @@ def resume(
 
     from fedsim import api
     from fedsim.results import SCENARIO_FILE
-    from fedsim.run.checkpoint import RunInterrupted
+    from fedsim.simulation.checkpoint import RunInterrupted
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -246,7 +246,7 @@ def participation(
     from fedsim.analysis import participation_rates
     from fedsim.config import load_scenario
     from fedsim.participation.matrix import participation_matrix, save_participation_plot
-    from fedsim.run.setup import build_participation, client_label_distribution
+    from fedsim.simulation.setup import build_participation, client_label_distribution
 
     try:
         loaded = load_scenario(scenario, list(set_ or []))
@@ -346,7 +346,7 @@ def sweep(
     interrupted sweep.
     """
     from fedsim import api
-    from fedsim.sweep import SweepEvent
+    from fedsim.simulation.sweep import SweepEvent
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)

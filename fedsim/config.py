@@ -35,7 +35,7 @@ TOP_LEVEL = {
     "evaluate",
     "checkpoint",
     "log",
-    "sweep",  # read by fedsim.sweep; a single run ignores it
+    "sweep",  # read by fedsim.simulation.sweep; a single run ignores it
 }
 DATA_COMMON = {
     "dataset",

@@ -24,7 +24,7 @@ rest from here:
   between two markers of a hand-written one).
 
 Everything here reads runs through the public names of :mod:`fedsim.analysis` and
-:mod:`fedsim.sweep`. The only places that reach into the training side are the two
+:mod:`fedsim.simulation.sweep`. The only places that reach into the training side are the two
 functions of the last section, :func:`run_scenario_into` and
 :func:`evaluate_final_model`, kept together so that they are easy to re-point.
 
@@ -55,7 +55,7 @@ import pandas as pd
 from fedsim.analysis import SEED_COLUMN, load_run, load_runs, run_results
 from fedsim.errors import FedsimError
 from fedsim.results import CLIENT_DATA_DIR
-from fedsim.sweep import Point, SweepEvent, SweepPlan, is_complete, plan_sweep, run_sweep
+from fedsim.simulation.sweep import Point, SweepEvent, SweepPlan, is_complete, plan_sweep, run_sweep
 
 INVOCATION_FILE = "make_table.json"  # under the runs folder: the last invocation that ran
 EMPTY = "—"
@@ -124,7 +124,7 @@ class Sweep:
     """One ``fedsim sweep`` of a results page: a scenario file, its grid and overrides.
 
     ``name`` is the sweep's folder under the page's runs folder. :meth:`plan` is the
-    :func:`fedsim.sweep.plan_sweep` of it and :meth:`command` the equivalent
+    :func:`fedsim.simulation.sweep.plan_sweep` of it and :meth:`command` the equivalent
     ``fedsim sweep`` command line, into the same directories.
     """
 
@@ -567,12 +567,12 @@ def run_scenario_into(scenario_file: Path, overrides: Sequence[str], run_dir: Pa
     interrupted run starts again); returns the wall time. Ray, if the scenario needs it,
     is the caller's (start it once for many runs).
 
-    Uses :func:`fedsim.config.load_scenario` and :func:`fedsim.run.run_scenario`.
+    Uses :func:`fedsim.config.load_scenario` and :func:`fedsim.simulation.run_scenario`.
     """
     import shutil
 
     from fedsim.config import load_scenario
-    from fedsim.run import run_scenario
+    from fedsim.simulation import run_scenario
 
     scenario = load_scenario(scenario_file, list(overrides))
     if run_dir.exists():

@@ -76,7 +76,7 @@ def _pickle_by_value(module: ModuleType) -> None:
     _BY_VALUE.append(module)
     try:
         import cloudpickle
-    except ImportError:  # then checkpoints pickle with plain pickle (fedsim.run.checkpoint)
+    except ImportError:  # then checkpoints pickle with plain pickle (fedsim.simulation.checkpoint)
         pass
     else:
         cloudpickle.register_pickle_by_value(module)

@@ -36,8 +36,8 @@ from fedsim.analysis import load_run
 from fedsim.config import load_scenario
 from fedsim.errors import FedsimError
 from fedsim.models import build_model
-from fedsim.run import run_scenario
-from fedsim.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from fedsim.simulation import run_scenario
+from fedsim.simulation.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from fedsim.strategies.base import ServerUpdateStrategy
 
 FIXTURES = Path(__file__).parent / "fixtures"

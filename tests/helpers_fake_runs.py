@@ -15,7 +15,7 @@ import tomli_w
 
 from fedsim.config import Scenario
 from fedsim.results import ClientFacts, RoundLog, RunWriter
-from fedsim.sweep import plan_sweep, run_sweep
+from fedsim.simulation.sweep import plan_sweep, run_sweep
 
 RATES = [0.5, 0.25, 1.0, 0.2]
 BASE: dict[str, Any] = {
@@ -81,7 +81,7 @@ def write_fake_run(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 def fake_run_scenario(
     scenario: Scenario, run_dir: Path, *, on_round_end: Any = None
 ) -> tuple[Path, dict[str, Any]]:
-    """Stands in for fedsim.run.run_scenario: writes a fake run, no training."""
+    """Stands in for fedsim.simulation.run_scenario: writes a fake run, no training."""
     summary = write_fake_run(scenario.raw, run_dir)
     return run_dir, summary
 

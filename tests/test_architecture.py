@@ -16,14 +16,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fedsim"
 READING_SIDE = ("fedsim.analysis", "fedsim.results")
 TRAINING_SIDE = (
-    "fedsim.run",
+    "fedsim.simulation",
     "fedsim.engine",
     "fedsim.client",
     "fedsim.data",
     "fedsim.strategies",
     "fedsim.models",
     "fedsim.participation",
-    "fedsim.sweep",
     "fedsim.config",
     "torch",
     "flwr",
@@ -112,8 +111,8 @@ def test_the_reading_side_imports_nothing_that_trains(side: str) -> None:
 
 def test_the_graph_sees_every_kind_of_import() -> None:
     edges = graph()
-    assert "fedsim.run.launch" in edges["fedsim.run.entry"]  # a module-level import
-    assert "fedsim.run.entry" in edges["fedsim.run"]  # a package's re-export
-    assert "fedsim.engine.ray_grid" in edges["fedsim.run.launch"]  # inside a function
-    assert "fedsim.keys" in edges["fedsim.run.launch"]  # "from fedsim import keys"
+    assert "fedsim.simulation.launch" in edges["fedsim.simulation.entry"]  # a module-level import
+    assert "fedsim.simulation.entry" in edges["fedsim.simulation"]  # a package's re-export
+    assert "fedsim.engine.ray_grid" in edges["fedsim.simulation.launch"]  # inside a function
+    assert "fedsim.keys" in edges["fedsim.simulation.launch"]  # "from fedsim import keys"
     assert "ray" in edges["fedsim.engine.ray_runtime"]  # a third-party package

@@ -34,7 +34,7 @@ from benchmarks.run import GROUPS, available, plan, targets, way_note
 from benchmarks.workloads import COHORT_WAYS, ENGINE_OF, INLINE_WAYS, small
 from fedsim.config import scenario_from_dict
 from fedsim.engine.identity import node_id_of, set_identity
-from fedsim.run import RunSetup, build_run
+from fedsim.simulation import RunSetup, build_run
 from fedsim.strategies.fedavg import FedAvg
 from tests.helpers import FixedGrid
 

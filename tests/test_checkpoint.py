@@ -32,8 +32,8 @@ from fedsim.analysis import load_run
 from fedsim.config import load_scenario
 from fedsim.errors import FedsimError
 from fedsim.results import RunWriter
-from fedsim.run import resume_run, run_scenario
-from fedsim.run.checkpoint import (
+from fedsim.simulation import resume_run, run_scenario
+from fedsim.simulation.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,
     RunInterrupted,

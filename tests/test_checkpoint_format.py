@@ -31,13 +31,13 @@ from flwr.proto.message_pb2 import Context as ProtoContext
 from flwr.serverapp.strategy import FedAdam
 from typer.testing import CliRunner
 
-import fedsim.run.checkpoint as checkpoint_module
+import fedsim.simulation.checkpoint as checkpoint_module
 from fedsim.analysis import load_run
 from fedsim.cli import app as cli_app
 from fedsim.config import load_scenario
 from fedsim.errors import ScenarioError
-from fedsim.run import resume_run, run_scenario
-from fedsim.run.checkpoint import (
+from fedsim.simulation import resume_run, run_scenario
+from fedsim.simulation.checkpoint import (
     ATTRIBUTES,
     CHECKPOINT_FILE,
     FORMAT_VERSION,

@@ -21,7 +21,7 @@ import tomli_w
 
 from fedsim.analysis import load_run
 from fedsim.config import load_scenario
-from fedsim.run import run_scenario
+from fedsim.simulation import run_scenario
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP = FIXTURES / "faulty_client_app.py"

@@ -44,8 +44,8 @@ from fedsim.engine.identity import node_id_of
 from fedsim.engine.inline_grid import InlineGrid
 from fedsim.engine.serving import CohortPolicy
 from fedsim.models import build_model
-from fedsim.run import resume_run, run_scenario
 from fedsim.seeding import rng
+from fedsim.simulation import resume_run, run_scenario
 from tests.helpers import (
     Crash,
     assert_same_results,

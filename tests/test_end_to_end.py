@@ -10,7 +10,7 @@ import pytest
 from fedsim.analysis import load_run, load_runs
 from fedsim.config import load_scenario
 from fedsim.models import build_model
-from fedsim.run import run_scenario
+from fedsim.simulation import run_scenario
 from tests.helpers import digits_scenario, run_cli, write_scenario
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -25,7 +25,7 @@ from fedsim.config import load_scenario
 from fedsim.engine.identity import node_id_of
 from fedsim.engine.ray_runtime import check_ray_address
 from fedsim.errors import FedsimError, RunError
-from fedsim.run.loop import divergence_error
+from fedsim.simulation.loop import divergence_error
 from tests.helpers import assert_final, expected_model, failures, run_toy, toy_scenario
 
 

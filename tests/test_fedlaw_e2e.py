@@ -20,7 +20,7 @@ from fedsim.config import load_scenario
 from fedsim.data.datasets import load_dataset
 from fedsim.data.store import ClientDataStore
 from fedsim.results import CLIENT_DATA_DIR
-from fedsim.run import build_run, run_scenario
+from fedsim.simulation import build_run, run_scenario
 
 ROUNDS = 2
 CLIENTS = 6

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from fedsim.config import load_scenario
 from fedsim.errors import FedsimError
-from fedsim.run import validate
+from fedsim.simulation import validate
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP = FIXTURES / "faulty_client_app.py"

@@ -14,7 +14,7 @@ import tomli_w
 
 from fedsim.analysis import Run, load_run
 from fedsim.config import load_scenario
-from fedsim.run import run_scenario
+from fedsim.simulation import run_scenario
 
 NODES, ROUNDS = 8, 3
 STRATEGIES = ("gossip", "gossip-vc")

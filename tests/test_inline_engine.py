@@ -22,7 +22,7 @@ from fedsim.config import scenario_from_dict
 from fedsim.engine.identity import node_id_of
 from fedsim.engine.inline_grid import InlineGrid
 from fedsim.errors import ScenarioError
-from fedsim.run import run_scenario
+from fedsim.simulation import run_scenario
 from tests.helpers import assert_final, expected_model, failures, run_toy, toy_scenario
 
 INLINE = {"kind": "inline", "num_actors": 1}

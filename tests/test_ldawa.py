@@ -18,7 +18,7 @@ from fedsim.analysis import load_run
 from fedsim.config import load_scenario
 from fedsim.errors import ScenarioError
 from fedsim.plugins import load_object
-from fedsim.run import run_scenario
+from fedsim.simulation import run_scenario
 from fedsim.strategies import StrategyInputs, build_strategy, resolve_strategy_class
 from tests.helpers import FixedGrid, reply_from
 

@@ -19,7 +19,7 @@ from fedsim.cli import app
 from fedsim.config import load_scenario
 from fedsim.participation import build_pattern
 from fedsim.participation.matrix import participation_matrix
-from fedsim.run.setup import build_run, client_label_distribution
+from fedsim.simulation.setup import build_run, client_label_distribution
 from tests.helpers import digits_scenario, run_cli, write_scenario
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -19,8 +19,8 @@ from fedsim.config import load_scenario
 from fedsim.models import build_model
 from fedsim.participation import build_faults, build_pattern
 from fedsim.participation.matrix import participation_matrix as pattern_matrix
-from fedsim.run import run_scenario
-from fedsim.run.setup import client_label_distribution
+from fedsim.simulation import run_scenario
+from fedsim.simulation.setup import client_label_distribution
 from tests.helpers import digits_scenario, run_cli, write_scenario
 
 ROUNDS = 3

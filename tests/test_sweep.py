@@ -21,8 +21,8 @@ from fedsim.analysis.report import write_report
 from fedsim.cli import app
 from fedsim.config import Scenario, load_scenario, scenario_from_dict
 from fedsim.errors import FedsimError, ScenarioError
-from fedsim.run import run_scenario
-from fedsim.sweep import (
+from fedsim.simulation import run_scenario
+from fedsim.simulation.sweep import (
     SweepEvent,
     parse_grid_option,
     parse_seeds,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tomli_w
 
-from fedsim.run.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from fedsim.simulation.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 APP = FIXTURES / "faulty_client_app.py"

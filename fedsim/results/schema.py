@@ -17,7 +17,7 @@ Layout of ``RUN_DIR``:
   pattern has one, the label mix), written when the data is set up;
 - ``events.jsonl``: failures and other notable events, one JSON object a line;
 - ``final_model.npz``: the final global model (name → array);
-- the checkpoint (:mod:`fedsim.run.checkpoint`) while the run is unfinished;
+- the checkpoint (:mod:`fedsim.simulation.checkpoint`) while the run is unfinished;
 - ``client_data/``: the clients' memory-mapped data store;
 - ``summary.json``: written last: rounds done, final metrics, wall time.
 """

@@ -62,7 +62,7 @@ from fedsim.paper_tables import (
     wins,
     write_page,
 )
-from fedsim.sweep import format_value
+from fedsim.simulation.sweep import format_value
 
 HERE = Path(__file__).resolve().parent
 PATTERNS = ("bernoulli", "markov", "cyclic")

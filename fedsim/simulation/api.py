@@ -82,11 +82,11 @@ def run(
     extra sinks for the metrics (``[log] trackers``), e.g. ``["tensorboard"]``.
     ``on_round_end(round, central_accuracy)`` is called after every round; setting
     ``stop`` ends the run after the current round with a checkpoint
-    (:class:`~fedsim.run.checkpoint.RunInterrupted` is raised). Mistakes raise
+    (:class:`~fedsim.simulation.checkpoint.RunInterrupted` is raised). Mistakes raise
     :class:`~fedsim.errors.FedsimError` with the CLI's one-line message.
     """
     from fedsim.analysis.runs import load_run
-    from fedsim.run.entry import run_scenario
+    from fedsim.simulation.entry import run_scenario
 
     objects = {
         "strategy": strategy,
@@ -118,7 +118,7 @@ def resume(
     strategy=MyStrategy)``. ``allow_pickle``: as ``--allow-pickle``.
     """
     from fedsim.analysis.runs import load_run
-    from fedsim.run.entry import resume_run
+    from fedsim.simulation.entry import resume_run
 
     resume_run(
         Path(run_dir),

@@ -36,10 +36,8 @@ import json
 import logging
 import re
 import shutil
-import sys
 import time
 import tomllib
-import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -477,7 +475,7 @@ def run_sweep(
     failure is recorded in ``sweep.json`` and the sweep goes on; after a stop,
     ``sweep.json`` says which runs are complete on disk.
 
-    ``run`` replaces :func:`fedsim.run.run_scenario` (same signature) for every
+    ``run`` replaces :func:`fedsim.simulation.run_scenario` (same signature) for every
     point, in this process and without starting Ray: a dry run, or a custom runner.
     """
     if parallel < 1:
@@ -593,7 +591,7 @@ class _Context:
 
     def run_here(self, index: int, run: RunFunction | None = None) -> None:
         if run is None:
-            from fedsim.run import run_scenario
+            from fedsim.simulation import run_scenario
 
             run = run_scenario
         point, run_dir = self.begin(index)
@@ -654,7 +652,7 @@ def _worker_init(ray_address: str | None) -> None:
 
 
 def _run_in_worker(raw: dict[str, Any], source: str, base_dir: str, run_dir: str) -> dict[str, Any]:
-    from fedsim.run import run_scenario
+    from fedsim.simulation import run_scenario
 
     try:
         scenario = scenario_from_dict(raw, source=source, base_dir=Path(base_dir))
@@ -694,13 +692,3 @@ def sweep(
     else:
         planned = plan_sweep(scenario, grid=grid, seeds=seeds, overrides=overrides, out=out)
     return run_sweep(planned, parallel=parallel, on_event=on_event)
-
-
-class _CallableModule(types.ModuleType):
-    """``fedsim.sweep(scenario, ...)`` calls :func:`sweep`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

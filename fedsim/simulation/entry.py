@@ -1,6 +1,6 @@
 """The entry points of a run: start one (:func:`run_scenario`) or continue an
 interrupted one from its checkpoint (:func:`resume_run`). Both validate, build the
-run once (:func:`fedsim.run.setup.build_run`), launch the scenario's engine, and
+run once (:func:`fedsim.simulation.setup.build_run`), launch the scenario's engine, and
 finish the run directory: final model, summary, checkpoint removed."""
 
 from __future__ import annotations
@@ -28,10 +28,15 @@ from fedsim.results import (
     SUMMARY_WALL_TIME,
     RunWriter,
 )
-from fedsim.run.checkpoint import Checkpoint, RunInterrupted, load_checkpoint, remove_checkpoint
-from fedsim.run.launch import ENGINES
-from fedsim.run.session import RunControl, cohort_summary
-from fedsim.run.setup import build_run, validate
+from fedsim.simulation.checkpoint import (
+    Checkpoint,
+    RunInterrupted,
+    load_checkpoint,
+    remove_checkpoint,
+)
+from fedsim.simulation.launch import ENGINES
+from fedsim.simulation.session import RunControl, cohort_summary
+from fedsim.simulation.setup import build_run, validate
 
 ProgressCallback = Callable[[int, float | None], None]
 

@@ -22,8 +22,8 @@ from fedsim.engine.identity import node_id_of
 from fedsim.engine.serving import CohortPolicy
 from fedsim.plugins import pickle_plugins_for_ray
 from fedsim.results import RunWriter
-from fedsim.run.session import RunControl, run_session
-from fedsim.run.setup import RunSetup
+from fedsim.simulation.session import RunControl, run_session
+from fedsim.simulation.setup import RunSetup
 
 # The longest a Ray actor may take to start (import torch, open the data): not the
 # clients' time, so not engine.timeout unless that is longer.

@@ -34,7 +34,7 @@ from fedsim.results import (
     SUMMARY_COHORT_EVALUATIONS,
     RunWriter,
 )
-from fedsim.run.checkpoint import (
+from fedsim.simulation.checkpoint import (
     Checkpoint,
     RunInterrupted,
     arrays_from_numpy,
@@ -45,8 +45,8 @@ from fedsim.run.checkpoint import (
     save_checkpoint,
     strategy_state,
 )
-from fedsim.run.loop import LoopSettings, run_rounds
-from fedsim.run.setup import RunSetup
+from fedsim.simulation.loop import LoopSettings, run_rounds
+from fedsim.simulation.setup import RunSetup
 
 
 @dataclass
