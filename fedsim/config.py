@@ -33,6 +33,7 @@ TOP_LEVEL = {
     "engine",
     "evaluate",
     "checkpoint",
+    "system",  # read by fedsim.system: the device and network model, simulated time
     "sweep",  # read by fedsim.sweep; a single run ignores it
 }
 DATA_COMMON = {
@@ -145,6 +146,7 @@ class Scenario:
     checkpoint_every: int
     raw: dict[str, Any] = field(repr=False)
     checkpoint_allow_pickle: bool = False  # pickle a strategy state that is not data
+    system: dict[str, Any] | None = None  # the [system] table (None: no simulated time)
 
     @property
     def strategy_name(self) -> str:
@@ -249,6 +251,7 @@ def scenario_from_dict(
     checkpoint_reader.only(CHECKPOINT_KEYS)
     checkpoint_every = checkpoint_reader.integer("every", 10, minimum=0)
     checkpoint_allow_pickle = checkpoint_reader.boolean("allow_pickle", False)
+    system = dict(top.subtable("system")) if "system" in raw else None
 
     return Scenario(
         source=source,
@@ -266,6 +269,7 @@ def scenario_from_dict(
         checkpoint_every=checkpoint_every,
         raw=copy.deepcopy(raw),
         checkpoint_allow_pickle=checkpoint_allow_pickle,
+        system=system,
     )
 
 

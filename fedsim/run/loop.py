@@ -154,6 +154,7 @@ def run_rounds(
         trained = time.perf_counter()
         note_missing_replies(log, settings.timeout)
         writer.participation(rnd, log)
+        writer.simulated_time(rnd, log)
         check_failures(rnd, log, settings.max_failures, settings.max_failure_fraction)
         new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
         aggregated = time.perf_counter()

@@ -129,6 +129,9 @@ def run_session(
         node_of_client=node_of_client,
         reachable=setup.pattern.reachable,
         faults=setup.faults,
+        system=setup.system,
+        # A resumed run's clock goes on from the last round it recorded.
+        start_time=writer.latest(keys.PHASE_SYSTEM, keys.ROUND_END_S) or 0.0,
     )
     strategy = setup.strategy.build(
         setup.strategy_inputs(node_of_client, str(server_device)), scenario.source

@@ -48,6 +48,8 @@ from fedsim.strategies import (
     declared_parameters,
     resolve_strategy_class,
 )
+from fedsim.system import SystemModel, build_system
+from fedsim.system.profile import Work
 
 # Stand-ins for the data in :func:`validate`: every built-in model accepts them.
 PLACEHOLDER_INPUT_SHAPE = (3, 32, 32)
@@ -84,6 +86,7 @@ class RunSetup:
     strategy: StrategyChoice
     proxy_data: ProxySet | None = None
     model_factory: Callable[[], torch.nn.Module] | None = None
+    system: SystemModel | None = None  # the [system] table's devices; None: no simulated time
 
     def strategy_inputs(self, node_of_client: dict[int, int], device: str) -> StrategyInputs:
         """What a strategy constructor may receive, for a grid's node ids."""
@@ -170,10 +173,32 @@ def build_participation(scenario: Scenario, labels: np.ndarray | None) -> tuple[
         source=source,
         base_dir=base_dir,
     )
-    faults = build_faults(
-        scenario.participation, num_clients=n, seed=seed, source=source, base_dir=base_dir
-    )
+    table = scenario.participation
+    if scenario.system is not None:
+        # With [system] the deadline is simulated seconds (fedsim.system reads it) and
+        # the latency is the system model's: the faults keep only the dropout.
+        table = {k: v for k, v in table.items() if k not in ("deadline", "latency")}
+    faults = build_faults(table, num_clients=n, seed=seed, source=source, base_dir=base_dir)
     return pattern, faults
+
+
+def build_system_model(scenario: Scenario, store: ClientDataStore | None) -> SystemModel | None:
+    """The [system] table's device and network model (None without the table)."""
+    client = scenario.client
+    return build_system(
+        scenario.system,
+        scenario.participation,
+        num_clients=scenario.data.num_clients,
+        seed=scenario.seed,
+        source=scenario.source,
+        base_dir=scenario.base_dir,
+        work=Work(
+            local_steps=client.local_steps,
+            local_epochs=client.local_epochs,
+            batch_size=client.batch_size,
+            train_examples=None if store is None else store.num_train_examples(),
+        ),
+    )
 
 
 def check_model_table(scenario: Scenario) -> None:
@@ -329,6 +354,7 @@ def build_run(
         )
         model = model_factory()
         initial = ArrayRecord(model.state_dict())
+    system = build_system_model(scenario, store)
     pattern, faults = build_participation(scenario, labels)
     app = load_user_app(scenario)
     if app is None:
@@ -348,6 +374,7 @@ def build_run(
         strategy=strategy,
         proxy_data=proxy_data,
         model_factory=model_factory,
+        system=system,
     )
 
 
