@@ -11,14 +11,20 @@ import pandas as pd
 import pytest
 
 from fedsim import keys
-from fedsim.analysis import load_run
-from fedsim.config import scenario_from_dict
+from fedsim.analysis import curve, load_run, load_runs, run_results
+from fedsim.analysis.report import write_report
+from fedsim.config import load_scenario, scenario_from_dict
 from fedsim.errors import ScenarioError
-from fedsim.run import validate
+from fedsim.run import resume_run, run_scenario, validate
+from fedsim.run.checkpoint import load_checkpoint
 from fedsim.system import close_round, parse_duration
 from fedsim.system.profile import DeviceProfiles, SystemModel, Work, build_system
 from tests.helpers import (
+    Crash,
     assert_final,
+    assert_png,
+    assert_same_results,
+    crash_after,
     expected_model,
     run_cli,
     run_toy,
@@ -247,3 +253,40 @@ def test_bad_system_table_exits_2_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "system.compute: expected a number > 0, got -3" in lines[0], lines
+
+
+# --- resume and the report -------------------------------------------------------------
+
+
+def test_crash_then_resume_keeps_the_clock(tmp_path: Path) -> None:
+    scenario = timed_scenario(tmp_path, jitter=0.5)
+    scenario["rounds"] = 5
+    scenario["checkpoint"] = {"every": 2}
+    scenario["participation"] = {"deadline": "12 s"}
+    path = write_scenario(tmp_path, scenario, "timed.toml")
+    reference, _ = run_scenario(load_scenario(path), tmp_path / "reference")
+    with pytest.raises(Crash):
+        run_scenario(load_scenario(path), tmp_path / "crashed", on_round_end=crash_after(3))
+    assert load_checkpoint(tmp_path / "crashed").round == 2
+    resumed, _ = resume_run(tmp_path / "crashed")
+    assert_same_results(resumed, reference)
+    _, ends, _ = clock_of(resumed)
+    assert len(ends) == 5 and bool((np.diff(ends) > 0).all())
+
+
+def test_report_gives_time_to_target_and_a_figure_against_simulated_hours(
+    tmp_path: Path,
+) -> None:
+    scenario = timed_scenario(tmp_path)
+    scenario["participation"] = {"deadline": "10 s"}
+    run_dir = run_toy(tmp_path, scenario)
+    # the toy's aggregated "calls" metric is the round number: 2 is reached in round 2,
+    # which ends at 20 simulated seconds
+    results = run_results(load_runs([run_dir]), "calls", target=2)
+    assert results.loc[0, "rounds_to_target"] == 2 and results.loc[0, "time_to_target_s"] == 20
+    report = write_report(run_dir, metric="calls", target=2)
+    assert_png(report.figures["calls_time"])
+    assert "simulated hours to calls ≥ 2" in report.markdown.read_text()
+    assert report.summary.loc[0, "time_to_target_s_mean"] == 20
+    times = curve(load_runs([run_dir]), "calls")["time_s"].tolist()
+    assert times == pytest.approx([10, 20, 30])
