@@ -290,3 +290,47 @@ def test_report_gives_time_to_target_and_a_figure_against_simulated_hours(
     assert report.summary.loc[0, "time_to_target_s_mean"] == 20
     times = curve(load_runs([run_dir]), "calls")["time_s"].tolist()
     assert times == pytest.approx([10, 20, 30])
+
+
+# --- a time-driven diurnal pattern ------------------------------------------------------
+
+
+def diurnal_scenario(tmp_path: Path, rounds: int, deadline: str | None) -> dict:
+    """p_n(t) = clip(1 + sin(2π t / 64 s), 0, 1): everyone until t = 32 s, nobody at 48 s."""
+    scenario = timed_scenario(tmp_path, idle_round="10 s")
+    scenario["rounds"] = rounds
+    scenario["participation"] = {
+        "pattern": "diurnal",
+        "rates": 1.0,
+        "amplitude": 1.0,
+        "clock": "simulated",
+        "period": "64 s",
+        **({"deadline": deadline} if deadline else {}),
+    }
+    return scenario
+
+
+def test_time_driven_diurnal_pattern_moves_with_long_rounds(tmp_path: Path) -> None:
+    # 16 s rounds: round 4 starts at 48 s, when nobody is reachable (it idles 10 s)
+    run_dir = run_toy(tmp_path, diurnal_scenario(tmp_path, 4, None), "long")
+    starts, ends, _ = clock_of(run_dir)
+    assert starts == pytest.approx([0, 16, 32, 48]) and ends == pytest.approx([16, 32, 48, 58])
+    available = load_run(run_dir).participation.groupby("round").client.count()
+    assert available.to_dict() == {1: 2, 2: 2, 3: 2}  # no row: nobody reachable in round 4
+    # 8 s rounds (the deadline): round 4 starts at 24 s, everyone is still reachable
+    run_dir = run_toy(tmp_path, diurnal_scenario(tmp_path, 4, "8 s"), "short")
+    starts, _, _ = clock_of(run_dir)
+    assert starts == pytest.approx([0, 8, 16, 24])
+    available = load_run(run_dir).participation.groupby("round").client.count()
+    assert available.to_dict() == {1: 2, 2: 2, 3: 2, 4: 2}
+
+
+def test_time_driven_pattern_needs_a_system_table(tmp_path: Path) -> None:
+    scenario = diurnal_scenario(tmp_path, 2, None)
+    del scenario["system"]
+    with pytest.raises(ScenarioError, match=r"participation.clock: expected \"rounds\" without"):
+        validate(scenario_from_dict(scenario, source="s.toml", base_dir=tmp_path))
+    scenario = diurnal_scenario(tmp_path, 2, None)
+    scenario["participation"]["period"] = 64
+    with pytest.raises(ScenarioError, match=r"participation\.period: expected a duration"):
+        validate(scenario_from_dict(scenario, source="s.toml", base_dir=tmp_path))

@@ -61,6 +61,7 @@ class ReachableGrid(Grid):
         self._reachable_at = reachable_at if system is not None else None
         self.clock = VirtualClock(start_time)
         self._down_bytes: dict[int, int] = {}
+        self._timed = False
         self.round = 0
         self.log = RoundLog(available=np.zeros(0, np.int64))
         self._node_queries = 0
@@ -76,6 +77,7 @@ class ReachableGrid(Grid):
         if self.system is not None:
             self.log.span = (self.clock.now, self.clock.now)
             self._down_bytes = {}
+            self._timed = False
         self._nodes = [self.node_of_client[int(c)] for c in self.log.available]
         self._node_queries = 0
         return self.log
@@ -208,8 +210,21 @@ class ReachableGrid(Grid):
         )
         for client in close.late:
             self.log.late[client] = arrivals[client]
+        self._advance(close.duration)
+
+    def end_train(self) -> None:
+        """After the round's train exchange: a round without a train reply still takes
+        time (the deadline when clients were asked and none answered, else
+        ``system.idle_round``), so a round where nobody is reachable moves the day on."""
+        if self.system is None or self._timed:
+            return
+        deadline = self.system.deadline
+        self._advance(deadline if self.log.selected and deadline else self.system.idle_round)
+
+    def _advance(self, duration: float) -> None:
+        self._timed = True
         start, _ = self.log.span or (self.clock.now, self.clock.now)
-        self.clock.advance(close.duration)
+        self.clock.advance(duration)
         self.log.span = (start, self.clock.now)
 
 

@@ -151,6 +151,7 @@ def run_rounds(
         random.seed(int(seed_sequence(settings.seed, "flower-sampling", rnd).generate_state(1)[0]))
         messages = strategy.configure_train(rnd, arrays, ConfigRecord(settings.train_config), grid)
         replies = list(grid.send_and_receive(messages, timeout=settings.timeout))
+        grid.end_train()
         trained = time.perf_counter()
         note_missing_replies(log, settings.timeout)
         writer.participation(rnd, log)

@@ -132,6 +132,9 @@ def run_session(
         system=setup.system,
         # A resumed run's clock goes on from the last round it recorded.
         start_time=writer.latest(keys.PHASE_SYSTEM, keys.ROUND_END_S) or 0.0,
+        reachable_at=setup.pattern.reachable_at
+        if getattr(setup.pattern, "time_period", None) is not None
+        else None,
     )
     strategy = setup.strategy.build(
         setup.strategy_inputs(node_of_client, str(server_device)), scenario.source

@@ -356,6 +356,13 @@ def build_run(
         initial = ArrayRecord(model.state_dict())
     system = build_system_model(scenario, store)
     pattern, faults = build_participation(scenario, labels)
+    if getattr(pattern, "time_period", None) is not None and system is None:
+        raise ScenarioError(
+            scenario.source,
+            "participation.clock",
+            '"rounds" without a [system] table (simulated time needs one)',
+            got="simulated",
+        )
     app = load_user_app(scenario)
     if app is None:
         if scenario.data.dataset is None:

@@ -19,13 +19,13 @@ and a run is unchanged.
 
 from __future__ import annotations
 
+from fedsim.options import parse_duration
 from fedsim.system.clock import ClientTime, RoundClose, VirtualClock, close_round, payload_bytes
 from fedsim.system.profile import (
     SYSTEM_KEYS,
     DeviceProfiles,
     SystemModel,
     build_system,
-    parse_duration,
 )
 
 __all__ = [

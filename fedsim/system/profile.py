@@ -28,7 +28,6 @@ strategy, as production federations do).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,45 +36,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim.options import Options
+from fedsim.options import Options, read_duration
 from fedsim.seeding import rng
 from fedsim.system.clock import ClientTime, transfer_seconds
 
 QUANTITIES = ("compute", "download", "upload", "latency")
-SYSTEM_KEYS = (*QUANTITIES, "reference_speed", "file", "jitter", "keep_first")
+SYSTEM_KEYS = (*QUANTITIES, "reference_speed", "file", "jitter", "keep_first", "idle_round")
 DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "constant": ("value",),
     "uniform": ("low", "high"),
     "lognormal": ("median", "sigma"),
 }
 JITTER_PURPOSE = "system.jitter"
-_UNITS = {"ms": 1e-3, "s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-z]+)\s*$")
-DURATION_TEXT = 'a duration with units, such as "90 s", "2 min" or "1.5 h" (ms, s, min, h, d)'
-
-
-def parse_duration(value: object) -> float | None:
-    """Seconds of a duration written with units; None when ``value`` is not one.
-
-    >>> parse_duration("90 s"), parse_duration("1.5h"), parse_duration("250 ms")
-    (90.0, 5400.0, 0.25)
-    >>> parse_duration(90), parse_duration("90"), parse_duration("2 weeks")
-    (None, None, None)
-    """
-    if not isinstance(value, str):
-        return None
-    match = _DURATION.match(value)
-    if match is None or match.group(2) not in _UNITS:
-        return None
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
-def read_duration(options: Options, name: str) -> float:
-    """The duration ``name`` in seconds, > 0, units required."""
-    seconds = parse_duration(options.table.get(name))
-    if seconds is None or not seconds > 0 or math.isinf(seconds):
-        raise options.fail(name, f"{DURATION_TEXT} (> 0)", options.table.get(name))
-    return seconds
 
 
 @dataclass(frozen=True)
@@ -148,6 +120,7 @@ class SystemModel:
         jitter: float = 0.0,
         deadline: float | None = None,
         keep_first: int | None = None,
+        idle_round: float | None = None,
     ) -> None:
         self.profiles = profiles
         self.work = work
@@ -155,6 +128,8 @@ class SystemModel:
         self.jitter = jitter
         self.deadline = deadline
         self.keep_first = keep_first
+        # How long a round in which nobody is asked lasts: the deadline, else 0 by default.
+        self.idle_round = idle_round if idle_round is not None else (deadline or 0.0)
         self._jitter_round = 0
         self._factors = np.ones((len(profiles.speed), 3))
 
@@ -263,6 +238,7 @@ def build_system(
         jitter=jitter,
         deadline=deadline,
         keep_first=keep_first,
+        idle_round=read_duration(options, "idle_round") if options.has("idle_round") else None,
     )
 
 
