@@ -30,7 +30,7 @@ from fedsim import keys
 from fedsim.errors import RunError
 from fedsim.records import records_of
 from fedsim.results import RoundLog
-from fedsim.system import SystemModel, VirtualClock, close_round, payload_bytes
+from fedsim.system import ClientTime, SystemModel, VirtualClock, close_round, payload_bytes
 
 # Flower's sample_nodes re-asks get_node_ids once a second while too few nodes are
 # connected; within a round nothing changes, so repeated asking means it would wait forever.
@@ -62,6 +62,8 @@ class ReachableGrid(Grid):
         self.clock = VirtualClock(start_time)
         self._down_bytes: dict[int, int] = {}
         self._timed = False
+        self.asynchronous = False  # set by the asynchronous loop: it keeps the clock itself
+        self.last_times: dict[int, ClientTime] = {}
         self.round = 0
         self.log = RoundLog(available=np.zeros(0, np.int64))
         self._node_queries = 0
@@ -183,23 +185,30 @@ class ReachableGrid(Grid):
     # --- simulated time --------------------------------------------------------
 
     def _tick(self, replies: list[Message]) -> None:
-        """Time the round's train replies, mark the late ones, advance the clock."""
+        """Time the round's train replies, mark the late ones, advance the clock.
+
+        In an asynchronous run (``asynchronous`` set by its loop) the times are only
+        kept in ``last_times``: that loop decides when each reply arrives."""
         if not replies:
             return
         system = self.system
         assert system is not None
-        arrivals: dict[int, float] = {}
+        self.last_times = {}
         for reply in replies:
             if reply.has_error():
                 continue  # a failure is recorded as such; it does not hold the round up
             client = self.client_of_node[reply.metadata.src_node_id]
-            time = system.client_time(
+            self.last_times[client] = system.client_time(
                 self.round,
                 client,
                 down_bytes=self._down_bytes.get(client, 0),
                 up_bytes=payload_bytes(reply.content),
                 replied_examples=_num_examples(reply),
             )
+        if self.asynchronous:
+            return
+        arrivals: dict[int, float] = {}
+        for client, time in self.last_times.items():
             self.log.times[client] = (time.download, time.compute, time.upload, time.latency)
             arrivals[client] = time.total
         close = close_round(

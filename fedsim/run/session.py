@@ -34,6 +34,7 @@ from fedsim.results import (
     SUMMARY_COHORT_EVALUATIONS,
     RunWriter,
 )
+from fedsim.run.async_loop import run_async
 from fedsim.run.checkpoint import (
     Checkpoint,
     RunInterrupted,
@@ -207,7 +208,8 @@ def run_session(
         if stopping:
             raise RunInterrupted(rnd, scenario.rounds, run_dir, resumable=saved)
 
-    return run_rounds(
+    run = run_async if getattr(strategy, "asynchronous", False) else run_rounds
+    return run(
         grid=reachable,
         strategy=strategy,
         arrays=arrays,

@@ -355,6 +355,13 @@ def build_run(
         model = model_factory()
         initial = ArrayRecord(model.state_dict())
     system = build_system_model(scenario, store)
+    if getattr(strategy.cls, "asynchronous", False) and system is None:
+        raise ScenarioError(
+            scenario.source,
+            "strategy.name",
+            "a [system] table too (an asynchronous strategy follows the simulated clock)",
+            got=scenario.strategy_name,
+        )
     pattern, faults = build_participation(scenario, labels)
     if getattr(pattern, "time_period", None) is not None and system is None:
         raise ScenarioError(
