@@ -166,3 +166,9 @@ def test_asynchronous_run_on_ray_equals_inline(tmp_path: Path, ray_session: None
     scenario["engine"] = {"kind": "ray", "num_actors": 2}
     on_ray = run_toy(tmp_path, scenario, "ray")
     assert_same_results_fresh(on_ray, inline)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedavg-deadline", "fedbuff"])
+def test_the_worked_scenarios_validate(name: str) -> None:
+    root = Path(__file__).resolve().parents[1] / "scenarios" / "simulated_time"
+    validate(load_scenario(root / f"{name}.toml"))

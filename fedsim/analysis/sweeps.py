@@ -149,7 +149,8 @@ def server_rows(frame: pd.DataFrame, metric: str, phase: str | None = None) -> p
 
 def round_times(frame: pd.DataFrame) -> pd.DataFrame:
     """Each (run, round)'s simulated end in seconds (``time_s``), round 0 at 0; empty for
-    runs without simulated time (no ``[system]`` table).
+    runs without simulated time (no ``[system]`` table). A single run's metrics (no
+    ``run`` column) give ``round`` and ``time_s`` only.
 
     >>> frame = pd.DataFrame({"run": "a", "round": [1, 2], "client": pd.array([pd.NA] * 2,
     ...     dtype="Int64"), "phase": "system", "metric": "round_end_s", "value": [3.0, 7.5]})
@@ -161,6 +162,8 @@ def round_times(frame: pd.DataFrame) -> pd.DataFrame:
         & (frame["metric"] == keys.ROUND_END_S)
         & frame["client"].isna()
     ]
+    if "run" not in frame:  # one run's metrics (load_run(...).metrics)
+        return round_times(frame.assign(run="")).drop(columns="run")
     if rows.empty:
         return pd.DataFrame({"run": [], "round": [], "time_s": []})
     ends = rows[["run", "round", "value"]].rename(columns={"value": "time_s"})
