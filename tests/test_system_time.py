@@ -156,6 +156,9 @@ def test_round_lasts_until_its_last_reply(tmp_path: Path) -> None:
     ].tolist() == (pytest.approx([1.0, 2.0, 1.0, 0.5]))
     assert first.loc[1, keys.ARRIVAL_S] == pytest.approx(16.0)
     assert not load_run(run_dir).participation.late.any()
+    devices = load_run(run_dir).devices
+    assert devices is not None and devices.compute.tolist() == [0.5, 0.1]
+    assert devices.latency.tolist() == [0.5, 0.0]
     # both replies aggregated: mean of (partition + 1 + calls) = 1.5, 2.5, 3.5
     assert_final(run_dir, expected_model(tmp_path, [1.5, 2.5, 3.5]))
 
@@ -184,6 +187,7 @@ def test_over_selection_keeps_the_first_reply(tmp_path: Path) -> None:
 def test_without_a_system_table_there_are_no_time_rows(tmp_path: Path) -> None:
     run_dir = run_toy(tmp_path, toy_scenario(rounds=2, engine=INLINE, num_clients=2))
     assert keys.PHASE_SYSTEM not in set(load_run(run_dir).metrics.phase)
+    assert load_run(run_dir).devices is None
 
 
 # --- bad input ------------------------------------------------------------------------

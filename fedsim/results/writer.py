@@ -25,6 +25,7 @@ from fedsim import keys
 from fedsim.results.clients import ClientFacts
 from fedsim.results.schema import (
     CLIENTS_FILE,
+    DEVICES_FILE,
     EVENT_CLIENT_FAILED,
     EVENTS_FILE,
     FINAL_MODEL_FILE,
@@ -155,6 +156,10 @@ class RunWriter:
     def client_facts(self, facts: ClientFacts) -> None:
         """Write ``clients.parquet`` (once, when the run's data is set up)."""
         atomic_write_parquet(self.run_dir / CLIENTS_FILE, facts.to_frame())
+
+    def devices(self, frame: pd.DataFrame) -> None:
+        """Write ``devices.parquet`` (once, with a ``[system]`` table): each client's device."""
+        atomic_write_parquet(self.run_dir / DEVICES_FILE, frame)
 
     def final_model(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Write ``final_model.npz`` (name → array, in order)."""
