@@ -257,6 +257,11 @@ def participation(
         if figure_path.suffix.lower() != ".png":
             raise FedsimError(f"--out: expected a .png file, got {str(figure_path)!r}")
         pattern, faults = build_participation(loaded, client_label_distribution(loaded))
+        if getattr(pattern, "time_period", None) is not None:
+            raise FedsimError(
+                f"{loaded.source}: participation.clock: a pattern driven by simulated time "
+                "depends on the run's rounds; draw it from a run's participation.parquet"
+            )
         matrix = participation_matrix(pattern, num_rounds)
         table = participation_rates(matrix, getattr(pattern, "probabilities", None))
         size = f"{loaded.data.num_clients} clients x {num_rounds} rounds"

@@ -35,6 +35,7 @@ TOP_LEVEL = {
     "evaluate",
     "checkpoint",
     "log",
+    "system",  # read by fedsim.system: the device and network model, simulated time
     "sweep",  # read by fedsim.simulation.sweep; a single run ignores it
 }
 DATA_COMMON = {
@@ -178,6 +179,7 @@ class Scenario:
     trackers: tuple[str, ...] = ()
     # Building blocks passed as Python objects (OBJECT_SLOTS' names → the object).
     objects: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    system: dict[str, Any] | None = None  # the [system] table (None: no simulated time)
 
     @property
     def strategy_name(self) -> str:
@@ -407,6 +409,7 @@ def scenario_from_dict(
     checkpoint_every = checkpoint_reader.integer("every", 10, minimum=0)
     checkpoint_allow_pickle = checkpoint_reader.boolean("allow_pickle", False)
     trackers = _trackers(top.child("log"))
+    system = dict(top.subtable("system")) if "system" in raw else None
 
     return Scenario(
         source=source,
@@ -425,6 +428,7 @@ def scenario_from_dict(
         raw=copy.deepcopy(raw),
         checkpoint_allow_pickle=checkpoint_allow_pickle,
         trackers=trackers,
+        system=system,
     )
 
 

@@ -33,6 +33,17 @@ PHASE_EVALUATE = "evaluate"
 PHASE_CENTRAL = "central"
 PHASE_SERVER = "server"
 PHASE_TIMING = "timing"
+PHASE_SYSTEM = "system"  # simulated time, with a [system] table only
+
+# Simulated-time rows (phase "system"): per round on the server, per client-round.
+ROUND_START_S = "round_start_s"
+ROUND_END_S = "round_end_s"
+DOWNLOAD_S = "download_s"
+COMPUTE_S = "compute_s"
+UPLOAD_S = "upload_s"
+LATENCY_S = "latency_s"
+ARRIVAL_S = "arrival_s"  # download + compute + upload + latency, after the round's start
+CLIENT_TIME_METRICS = (DOWNLOAD_S, COMPUTE_S, UPLOAD_S, LATENCY_S)
 
 # Metric names of the results tables that fedsim itself computes.
 METRIC_LOSS = "loss"  # central evaluation

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -333,3 +334,34 @@ def resolve_path(text: str, base_dir: str | Path) -> Path:
     """
     path = Path(text).expanduser()
     return path if path.is_absolute() else Path(base_dir) / path
+
+
+# --- durations of simulated time ([system], a time-driven pattern) -------------------
+
+_UNITS = {"ms": 1e-3, "s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-z]+)\s*$")
+DURATION_TEXT = 'a duration with units, such as "90 s", "2 min" or "1.5 h" (ms, s, min, h, d)'
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds of a duration written with units; None when ``value`` is not one.
+
+    >>> parse_duration("90 s"), parse_duration("1.5h"), parse_duration("250 ms")
+    (90.0, 5400.0, 0.25)
+    >>> parse_duration(90), parse_duration("90"), parse_duration("2 weeks")
+    (None, None, None)
+    """
+    if not isinstance(value, str):
+        return None
+    match = _DURATION.match(value)
+    if match is None or match.group(2) not in _UNITS:
+        return None
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def read_duration(options: Options, name: str) -> float:
+    """The duration ``name`` in seconds, > 0, units required."""
+    seconds = parse_duration(options.table.get(name))
+    if seconds is None or not seconds > 0 or math.isinf(seconds):
+        raise options.fail(name, f"{DURATION_TEXT} (> 0)", options.table.get(name))
+    return seconds

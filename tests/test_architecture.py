@@ -23,6 +23,7 @@ TRAINING_SIDE = (
     "fedsim.strategies",
     "fedsim.models",
     "fedsim.participation",
+    "fedsim.system",
     "fedsim.config",
     "torch",
     "flwr",

@@ -38,6 +38,7 @@ from fedsim.analysis import (
     curve,
     find_runs,
     grid_order,
+    has_simulated_time,
     higher_is_better,
     load_run,
     load_runs,
@@ -77,25 +78,37 @@ DIAGNOSTICS = {
 
 
 def plot_curves(
-    ax: Axes, curves: pd.DataFrame, by: Sequence[str], *, label: str = "", log: bool = False
+    ax: Axes,
+    curves: pd.DataFrame,
+    by: Sequence[str],
+    *,
+    label: str = "",
+    log: bool = False,
+    hours: bool = False,
 ) -> None:
     """One line (the mean) and a band (± std over seeds) per configuration of ``curves``.
 
     ``curves`` is :func:`fedsim.analysis.curve`'s frame; ``by`` its configuration keys.
+    ``hours``: against simulated hours (its ``time_s`` column) instead of rounds.
     """
+    x_column = "time_s" if hours else "round"
     groups = curves.groupby(list(by), dropna=False, sort=False) if by else [((), curves)]
     for key, group in groups:
         values = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
         name = configuration_label(values) or label or "run"
         runs = int(group["runs"].max())
-        (line,) = ax.plot(group["round"], group["mean"], label=f"{name} (n={runs})", lw=1.6)
+        x = group[x_column] / 3600.0 if hours else group[x_column]
+        (line,) = ax.plot(x, group["mean"], label=f"{name} (n={runs})", lw=1.6)
         if runs > 1:
             low, high = group["mean"] - group["std"], group["mean"] + group["std"]
             if log:
                 low = low.clip(lower=group["min"].clip(lower=1e-12))
-            ax.fill_between(group["round"], low, high, color=line.get_color(), alpha=0.2, lw=0)
-    ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, lw=0)
+    if hours:
+        ax.set_xlabel("simulated time (hours)")
+    else:
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if log:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
@@ -182,17 +195,22 @@ def curves_figure(
     phase: str | None = None,
     ylabel: str | None = None,
     log: bool = False,
+    hours: bool = False,
 ) -> Figure:
-    """``metric`` per round, one line and ± std band per configuration of ``frame``."""
+    """``metric`` per round (or against simulated hours), one line and ± std band per
+    configuration of ``frame``."""
     by = varying_keys(frame) if by is None else list(by)
     curves = curve(frame, metric, by=by, phase=phase)
+    if hours:
+        curves = curves.dropna(subset=["time_s"])
     figure = new_figure()
     ax = figure.axes[0]
-    plot_curves(ax, curves, by, label=str(frame["run"].iloc[0]), log=log)
+    plot_curves(ax, curves, by, label=str(frame["run"].iloc[0]), log=log, hours=hours)
     ax.set_ylabel(ylabel or metric)
     seeds = int(curves["runs"].max())
     band = " (mean ± std over seeds)" if seeds > 1 else ""
-    ax.set_title(f"{ylabel or metric} per round{band}")
+    axis = "against simulated time" if hours else "per round"
+    ax.set_title(f"{ylabel or metric} {axis}{band}")
     configurations = len(curves.drop_duplicates(by)) if by else 1
     ax.legend(fontsize=8, loc="best" if configurations <= 6 else "upper left", ncols=1)
     return figure
@@ -302,8 +320,12 @@ def summary_markdown(
 ) -> str:
     """The summary table as a markdown table (mean ± std over seeds)."""
     header = [*by, "runs", f"final {metric}", f"best {metric}"]
+    timed = "time_to_target_s_mean" in table
     if target is not None:
-        header.append(f"rounds to {metric} {'≥' if higher_is_better(metric) else '≤'} {target:g}")
+        reach = f"{metric} {'≥' if higher_is_better(metric) else '≤'} {target:g}"
+        header.append(f"rounds to {reach}")
+        if timed:
+            header.append(f"simulated hours to {reach}")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [configuration_label({k: row[k]}).partition("=")[2] for k in by]
@@ -315,6 +337,9 @@ def summary_markdown(
         if target is not None:
             rounds = _cell(row["rounds_to_target_mean"], row["rounds_to_target_std"], 3)
             cells.append(f"{rounds} ({int(row['reached'])}/{int(row['runs'])} reached)")
+            if timed:
+                hours = row["time_to_target_s_mean"] / 3600, row["time_to_target_s_std"] / 3600
+                cells.append(_cell(*hours, 3))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -350,7 +375,8 @@ def write_report(
     """Figures and summary tables of the run or sweep at ``path`` into ``out``
     (default ``PATH/report``).
 
-    Writes ``METRIC.png``, ``participation.png``, the diagnostics present
+    Writes ``METRIC.png`` (and ``METRIC_time.png`` against simulated hours when the
+    runs kept simulated time), ``participation.png``, the diagnostics present
     (``fedau_omega.png``, ``fedlaw_gamma.png``, ``gossip_consensus.png``),
     ``summary.md`` and ``summary.csv`` (one row per configuration) and ``runs.csv``
     (one row per run).
@@ -367,9 +393,13 @@ def write_report(
 
     summary = summary_table(frame, metric, by=by, phase=phase, target=target)
     per_run = run_results(frame, metric, phase=phase, target=target)
-    per_run = per_run[["run", *by, *(["seed"] if "seed" in per_run else []), *_RESULTS]]
+    results = [*_RESULTS, *(["time_to_target_s"] if "time_to_target_s" in per_run else [])]
+    per_run = per_run[["run", *by, *(["seed"] if "seed" in per_run else []), *results]]
     curves = curves_figure(frame, metric, by=by, phase=phase)
     figures = {metric: _save(curves, directory / f"{_stem(metric)}.png")}
+    if has_simulated_time(frame):
+        timed = curves_figure(frame, metric, by=by, phase=phase, hours=True)
+        figures[f"{metric}_time"] = _save(timed, directory / f"{_stem(metric)}_time.png")
     figures["participation"] = _save(
         participation_figure(frame, paths), directory / "participation.png"
     )

@@ -17,6 +17,7 @@ from fedsim import keys
 from fedsim.errors import FedsimError
 from fedsim.results import (
     CLIENTS_FILE,
+    DEVICES_FILE,
     EVENTS_FILE,
     METRICS_FILE,
     PARTICIPATION_FILE,
@@ -37,6 +38,12 @@ class Run:
     participation: pd.DataFrame
     events: list[dict[str, Any]]
     summary: dict[str, Any] | None
+
+    @property
+    def devices(self) -> pd.DataFrame | None:
+        """Each client's device and network (``devices.parquet``); None without ``[system]``."""
+        path = self.path / DEVICES_FILE
+        return pd.read_parquet(path) if path.is_file() else None
 
     def central(self, metric: str = keys.METRIC_ACCURACY) -> pd.Series:
         """Centralised test metric per round (index: round)."""

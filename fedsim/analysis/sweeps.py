@@ -147,6 +147,36 @@ def server_rows(frame: pd.DataFrame, metric: str, phase: str | None = None) -> p
     return rows
 
 
+def round_times(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each (run, round)'s simulated end in seconds (``time_s``), round 0 at 0; empty for
+    runs without simulated time (no ``[system]`` table). A single run's metrics (no
+    ``run`` column) give ``round`` and ``time_s`` only.
+
+    >>> frame = pd.DataFrame({"run": "a", "round": [1, 2], "client": pd.array([pd.NA] * 2,
+    ...     dtype="Int64"), "phase": "system", "metric": "round_end_s", "value": [3.0, 7.5]})
+    >>> round_times(frame).values.tolist()
+    [['a', 0, 0.0], ['a', 1, 3.0], ['a', 2, 7.5]]
+    """
+    rows = frame[
+        (frame["phase"] == keys.PHASE_SYSTEM)
+        & (frame["metric"] == keys.ROUND_END_S)
+        & frame["client"].isna()
+    ]
+    if "run" not in frame:  # one run's metrics (load_run(...).metrics)
+        return round_times(frame.assign(run="")).drop(columns="run")
+    if rows.empty:
+        return pd.DataFrame({"run": [], "round": [], "time_s": []})
+    ends = rows[["run", "round", "value"]].rename(columns={"value": "time_s"})
+    starts = pd.DataFrame({"run": ends["run"].unique(), "round": 0, "time_s": 0.0})
+    both = pd.concat([starts, ends], ignore_index=True)
+    return both.sort_values(["run", "round"], kind="stable", ignore_index=True)
+
+
+def has_simulated_time(frame: pd.DataFrame) -> bool:
+    """Whether any run of ``frame`` kept simulated time (a ``[system]`` table)."""
+    return bool(((frame["phase"] == keys.PHASE_SYSTEM) & frame["client"].isna()).any())
+
+
 def curve(
     frame: pd.DataFrame,
     metric: str = keys.METRIC_ACCURACY,
@@ -157,7 +187,9 @@ def curve(
     """Mean and spread over seeds of ``metric`` per configuration and round.
 
     ``by`` defaults to :func:`varying_keys`. Columns: the ``by`` keys, ``round``,
-    ``mean``, ``std`` (over seeds, ddof 1; 0 with one seed), ``min``, ``max``, ``runs``.
+    ``mean``, ``std`` (over seeds, ddof 1; 0 with one seed), ``min``, ``max``, ``runs``,
+    and, when the runs kept simulated time, ``time_s``: the mean over seeds of the
+    round's simulated end (the metric against simulated time).
 
     >>> frame = pd.DataFrame({"run": ["a", "a", "b", "b"], "seed": [1, 1, 2, 2],
     ...     "round": [1, 2, 1, 2], "client": pd.array([pd.NA] * 4, dtype="Int64"),
@@ -171,6 +203,10 @@ def curve(
     stats = grouped.agg(["mean", "std", "min", "max", "count"]).reset_index()
     stats = stats.rename(columns={"count": "runs"})
     stats["std"] = stats["std"].fillna(0.0)
+    if has_simulated_time(frame):
+        timed = rows.merge(round_times(frame), on=["run", "round"], how="left")
+        times = timed.groupby([*keys_, "round"], dropna=False, sort=False)["time_s"].mean()
+        stats = stats.merge(times.reset_index(), on=[*keys_, "round"], how="left")
     if not keys_:
         return stats.sort_values("round", kind="stable", ignore_index=True)
     order = stats.groupby(keys_, dropna=False, sort=False).ngroup()
@@ -190,10 +226,13 @@ def run_results(
 
     Columns: ``run``, the scenario keys, ``final`` (value at the last round), ``best``
     (max, or min for losses), ``best_round`` and ``rounds_to_target`` (first round whose
-    value reaches ``target``; NaN when never or when no target is given).
+    value reaches ``target``; NaN when never or when no target is given); when the runs
+    kept simulated time, also ``time_to_target_s``: the simulated end of that round.
     """
     better = higher_is_better(metric)
     rows = server_rows(frame, metric, phase).sort_values("round", kind="stable")
+    timed = has_simulated_time(frame)
+    times = round_times(frame).set_index(["run", "round"])["time_s"] if timed else None
     records = []
     for run, group in rows.groupby("run", sort=False):
         values = group["value"].to_numpy()
@@ -204,15 +243,17 @@ def run_results(
             if (target is not None)
             else np.array([], dtype=np.int64)
         )
-        records.append(
-            {
-                "run": run,
-                "final": float(values[-1]),
-                "best": float(values[best]),
-                "best_round": int(rounds[best]),
-                "rounds_to_target": float(rounds[reached[0]]) if reached.size else np.nan,
-            }
-        )
+        record = {
+            "run": run,
+            "final": float(values[-1]),
+            "best": float(values[best]),
+            "best_round": int(rounds[best]),
+            "rounds_to_target": float(rounds[reached[0]]) if reached.size else np.nan,
+        }
+        if times is not None:
+            key = (run, int(rounds[reached[0]])) if reached.size else None
+            record["time_to_target_s"] = float(times.get(key, np.nan)) if key else np.nan
+        records.append(record)
     results = pd.DataFrame(records)
     config = frame.drop_duplicates("run")[["run", *config_columns(frame)]]
     return results.merge(config, on="run", how="left")
@@ -230,8 +271,9 @@ def summary_table(
 
     Columns: the ``by`` keys (default :func:`varying_keys`), ``runs``, ``final_mean``,
     ``final_std``, ``best_mean``, ``best_std``, ``reached`` (runs that reached
-    ``target``) and ``rounds_to_target_mean``/``_std`` over those runs. Standard
-    deviations are over seeds with ddof 1 (NaN for a single run).
+    ``target``) and ``rounds_to_target_mean``/``_std`` over those runs, and with
+    simulated time ``time_to_target_s_mean``/``_std``. Standard deviations are over
+    seeds with ddof 1 (NaN for a single run).
     """
     keys_ = varying_keys(frame) if by is None else list(by)
     results = run_results(frame, metric, phase=phase, target=target)
@@ -240,6 +282,13 @@ def summary_table(
     for key, group in groups:
         values = dict(zip(keys_, key if isinstance(key, tuple) else (key,), strict=True))
         reached = group["rounds_to_target"].dropna()
+        timed = {}
+        if "time_to_target_s" in group:
+            seconds = group["time_to_target_s"].dropna()
+            timed = {
+                "time_to_target_s_mean": seconds.mean() if len(seconds) else np.nan,
+                "time_to_target_s_std": seconds.std() if len(seconds) else np.nan,
+            }
         rows.append(
             {
                 **values,
@@ -251,6 +300,7 @@ def summary_table(
                 "reached": len(reached),
                 "rounds_to_target_mean": reached.mean() if len(reached) else np.nan,
                 "rounds_to_target_std": reached.std() if len(reached) else np.nan,
+                **timed,
             }
         )
     return pd.DataFrame(rows)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedsim.options import read_duration
 from fedsim.participation.faults import FAULT_KEYS, FaultOutcome, Faults, faults_from_options
 from fedsim.participation.options import Options, resolve_path
 from fedsim.participation.patterns import (
@@ -64,7 +65,7 @@ PATTERN_KEYS: dict[str, tuple[str, ...]] = {
     "bernoulli": RATE_KEYS,
     "markov": (*RATE_KEYS, "a"),
     "cyclic": (*RATE_KEYS, "period"),
-    "diurnal": (*RATE_KEYS, "period", "amplitude", "phase_spread"),
+    "diurnal": (*RATE_KEYS, "period", "amplitude", "phase_spread", "clock"),
     "trace": ("trace", "trace_end"),
     "script": ("script", "script_args"),
 }
@@ -179,7 +180,13 @@ def _cyclic(options: Options, context: _Context) -> Pattern:
 
 
 def _diurnal(options: Options, context: _Context) -> Pattern:
-    period = options.number("period", 24, minimum=0, open_minimum=True)
+    clock = options.text("clock", "rounds", choices=("rounds", "simulated"))
+    time_period = None
+    if clock == "simulated":  # the period is a duration of simulated time ([system])
+        time_period = read_duration(options, "period") if options.has("period") else 86400.0
+        period = 24.0
+    else:
+        period = options.number("period", 24, minimum=0, open_minimum=True)
     amplitude = options.probability("amplitude", 0.8)
     phase_spread = options.probability("phase_spread", 0.0)
     return DiurnalPattern(
@@ -188,6 +195,7 @@ def _diurnal(options: Options, context: _Context) -> Pattern:
         amplitude=amplitude,
         phase_spread=phase_spread,
         seed=context.seed,
+        time_period=time_period,
     )
 
 

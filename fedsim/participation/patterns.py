@@ -232,9 +232,12 @@ class DiurnalPattern(BernoulliPattern):
         seed: int,
         phase_spread: float = 0.0,
         block_rounds: int = BLOCK_ROUNDS,
+        time_period: float | None = None,
     ) -> None:
         super().__init__(probabilities, seed=seed, block_rounds=block_rounds)
         self.period = float(period)
+        # Driven by simulated time: the period in simulated seconds (None: by rounds).
+        self.time_period = time_period
         self.amplitude = float(amplitude)
         self.phases = np.zeros(self.num_clients)
         if phase_spread > 0:
@@ -242,12 +245,46 @@ class DiurnalPattern(BernoulliPattern):
             self.phases = phase_spread * u[:, 0]
 
     def thresholds(self, rounds: np.ndarray, clients: range) -> np.ndarray:
+        return self._rates((rounds[None, :] - 1) / self.period, clients)
+
+    def _rates(self, cycles: np.ndarray, clients: range) -> np.ndarray:
+        """P(reachable) of ``clients`` (rows) at ``cycles`` periods into the run (columns)."""
         assert self.probabilities is not None
         lo, hi = clients.start, clients.stop
-        angle = 2 * np.pi * ((rounds[None, :] - 1) / self.period + self.phases[lo:hi, None])
+        angle = 2 * np.pi * (cycles + self.phases[lo:hi, None])
         rate = self.probabilities[lo:hi, None] * (1 + self.amplitude * np.sin(angle))
         # Rounding drops sin()'s 1e-16 residues at its zeros (a rate of 1e-17 is a rate of 0).
         return np.clip(np.round(rate, 12), 0.0, 1.0)
+
+    def reachable(self, round: int) -> np.ndarray:
+        if self.time_period is not None:
+            raise ValueError(
+                "this diurnal pattern follows simulated time: ask reachable_at(round, seconds)"
+            )
+        return super().reachable(round)
+
+    def reachable_at(self, round: int, seconds: float) -> np.ndarray:
+        """Time-driven (``clock = "simulated"``): who is reachable in ``round`` when it
+        starts ``seconds`` of simulated time into the run.
+
+        Round r compares the same uniform of client n's stream as the round-driven
+        pattern (position r − 1) with p_n(t) = clip(p_n · (1 + A · sin(2π(t/P + φ_n))), 0, 1),
+        t the round's simulated start and P the period in simulated seconds: a long
+        round moves the day forward.
+
+        >>> day = DiurnalPattern(np.full(3, 0.5), period=1, amplitude=1.0, seed=0,
+        ...                      time_period=4.0)
+        >>> day.reachable_at(1, 1.0).tolist(), day.reachable_at(1, 3.0).tolist()
+        ([0, 1, 2], [])
+        """
+        rnd = check_round(round)
+        period = self.time_period if self.time_period is not None else self.period
+        out = np.empty(self.num_clients, dtype=bool)
+        cycles = np.array([float(seconds) / period])
+        for clients in client_chunks(self.num_clients, 1):
+            u = self._streams.uniforms(clients, rnd - 1, 1)
+            out[clients.start : clients.stop] = (u < self._rates(cycles, clients))[:, 0]
+        return np.flatnonzero(out).astype(np.int64)
 
 
 def markov_transitions(p: np.ndarray, a: float) -> tuple[np.ndarray, np.ndarray]:

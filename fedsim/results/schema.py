@@ -15,6 +15,9 @@ Layout of ``RUN_DIR``:
 - ``clients.parquet``: one row per client with the facts the analysis needs
   (training and local test examples, long-run participation rate p_n where the
   pattern has one, the label mix), written when the data is set up;
+- ``devices.parquet``: with a ``[system]`` table only, one row per client: its
+  ``compute`` speed (examples/s), ``download`` and ``upload`` bandwidth (Mbit/s) and
+  ``latency`` (s), as drawn or read for the run;
 - ``events.jsonl``: failures and other notable events, one JSON object a line;
 - ``final_model.npz``: the final global model (name → array);
 - the checkpoint (:mod:`fedsim.simulation.checkpoint`) while the run is unfinished;
@@ -28,6 +31,8 @@ SCENARIO_FILE = "scenario.toml"
 METRICS_FILE = "metrics.parquet"
 PARTICIPATION_FILE = "participation.parquet"
 CLIENTS_FILE = "clients.parquet"
+DEVICES_FILE = "devices.parquet"
+DEVICE_COLUMNS = ["client", "compute", "download", "upload", "latency"]
 EVENTS_FILE = "events.jsonl"
 SUMMARY_FILE = "summary.json"
 FINAL_MODEL_FILE = "final_model.npz"

@@ -21,9 +21,11 @@ import numpy as np
 import pandas as pd
 import tomli_w
 
+from fedsim import keys
 from fedsim.results.clients import ClientFacts
 from fedsim.results.schema import (
     CLIENTS_FILE,
+    DEVICES_FILE,
     EVENT_CLIENT_FAILED,
     EVENTS_FILE,
     FINAL_MODEL_FILE,
@@ -47,6 +49,10 @@ class RoundLog:
     failed: dict[int, str] = field(default_factory=dict)
     dropped: set[int] = field(default_factory=set)
     late: dict[int, float] = field(default_factory=dict)
+    # Simulated time (a [system] table only): the round's (start, end) in seconds and
+    # each client's (download, compute, upload, latency) seconds.
+    span: tuple[float, float] | None = None
+    times: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -114,6 +120,19 @@ class RunWriter:
         for client, reason in sorted(log.failed.items()):
             self.event(rnd, EVENT_CLIENT_FAILED, client=client, reason=reason)
 
+    def simulated_time(self, rnd: int, log: RoundLog) -> None:
+        """The round's simulated start and end (server rows) and each client's seconds
+        (phase ``system``); nothing without simulated time."""
+        if log.span is None:
+            return
+        start, end = log.span
+        self.metrics(
+            rnd, None, keys.PHASE_SYSTEM, [(keys.ROUND_START_S, start), (keys.ROUND_END_S, end)]
+        )
+        for client, parts in sorted(log.times.items()):
+            rows = list(zip(keys.CLIENT_TIME_METRICS, parts, strict=True))
+            self.metrics(rnd, client, keys.PHASE_SYSTEM, [*rows, (keys.ARRIVAL_S, sum(parts))])
+
     def event(self, rnd: int, kind: str, **fields: Any) -> None:
         self.events.append({"round": rnd, "event": kind, **fields})
 
@@ -137,6 +156,10 @@ class RunWriter:
     def client_facts(self, facts: ClientFacts) -> None:
         """Write ``clients.parquet`` (once, when the run's data is set up)."""
         atomic_write_parquet(self.run_dir / CLIENTS_FILE, facts.to_frame())
+
+    def devices(self, frame: pd.DataFrame) -> None:
+        """Write ``devices.parquet`` (once, with a ``[system]`` table): each client's device."""
+        atomic_write_parquet(self.run_dir / DEVICES_FILE, frame)
 
     def final_model(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Write ``final_model.npz`` (name → array, in order)."""

@@ -141,6 +141,8 @@ def _execute(
     try:
         setup = build_run(scenario, run_dir, data=data)
         writer.client_facts(setup.client_facts())
+        if setup.system is not None:
+            writer.devices(setup.system.profiles.to_frame())
         arrays = ENGINES[scenario.engine.kind](setup, writer, control)
     except RunInterrupted:
         raise

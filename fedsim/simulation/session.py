@@ -34,6 +34,7 @@ from fedsim.results import (
     SUMMARY_COHORT_EVALUATIONS,
     RunWriter,
 )
+from fedsim.simulation.async_loop import run_async
 from fedsim.simulation.checkpoint import (
     Checkpoint,
     RunInterrupted,
@@ -129,6 +130,12 @@ def run_session(
         node_of_client=node_of_client,
         reachable=setup.pattern.reachable,
         faults=setup.faults,
+        system=setup.system,
+        # A resumed run's clock goes on from the last round it recorded.
+        start_time=writer.latest(keys.PHASE_SYSTEM, keys.ROUND_END_S) or 0.0,
+        reachable_at=setup.pattern.reachable_at
+        if getattr(setup.pattern, "time_period", None) is not None
+        else None,
     )
     strategy = setup.strategy.build(
         setup.strategy_inputs(node_of_client, str(server_device)), scenario.source
@@ -201,7 +208,8 @@ def run_session(
         if stopping:
             raise RunInterrupted(rnd, scenario.rounds, run_dir, resumable=saved)
 
-    return run_rounds(
+    run = run_async if getattr(strategy, "asynchronous", False) else run_rounds
+    return run(
         grid=reachable,
         strategy=strategy,
         arrays=arrays,

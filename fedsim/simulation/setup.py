@@ -49,6 +49,8 @@ from fedsim.strategies import (
     declared_parameters,
     resolve_strategy_class,
 )
+from fedsim.system import SystemModel, build_system
+from fedsim.system.profile import Work
 
 # Stand-ins for the data in :func:`validate`: every built-in model accepts them.
 PLACEHOLDER_INPUT_SHAPE = (3, 32, 32)
@@ -88,6 +90,7 @@ class RunSetup:
     strategy: StrategyChoice
     proxy_data: ProxySet | None = None
     model_factory: Callable[[], torch.nn.Module] | None = None
+    system: SystemModel | None = None  # the [system] table's devices; None: no simulated time
 
     def strategy_inputs(self, node_of_client: dict[int, int], device: str) -> StrategyInputs:
         """What a strategy constructor may receive, for a grid's node ids."""
@@ -190,9 +193,12 @@ def build_participation(scenario: Scenario, labels: np.ndarray | None) -> tuple[
             source=source,
             base_dir=base_dir,
         )
-    faults = build_faults(
-        scenario.participation, num_clients=n, seed=seed, source=source, base_dir=base_dir
-    )
+    table = scenario.participation
+    if scenario.system is not None:
+        # With [system] the deadline is simulated seconds (fedsim.system reads it) and
+        # the latency is the system model's: the faults keep only the dropout.
+        table = {k: v for k, v in table.items() if k not in ("deadline", "latency")}
+    faults = build_faults(table, num_clients=n, seed=seed, source=source, base_dir=base_dir)
     return pattern, faults
 
 
@@ -224,6 +230,25 @@ def model_table(scenario: Scenario) -> dict[str, Any]:
     """The [model] table with a model factory passed as an object put in place of its name."""
     given = scenario.objects.get("model_factory")
     return scenario.model if given is None else {**scenario.model, "factory": given}
+
+
+def build_system_model(scenario: Scenario, store: ClientDataStore | None) -> SystemModel | None:
+    """The [system] table's device and network model (None without the table)."""
+    client = scenario.client
+    return build_system(
+        scenario.system,
+        scenario.participation,
+        num_clients=scenario.data.num_clients,
+        seed=scenario.seed,
+        source=scenario.source,
+        base_dir=scenario.base_dir,
+        work=Work(
+            local_steps=client.local_steps,
+            local_epochs=client.local_epochs,
+            batch_size=client.batch_size,
+            train_examples=None if store is None else store.num_train_examples(),
+        ),
+    )
 
 
 def check_model_table(scenario: Scenario) -> None:
@@ -387,7 +412,22 @@ def build_run(
         )
         model = model_factory()
         initial = ArrayRecord(model.state_dict())
+    system = build_system_model(scenario, store)
+    if getattr(strategy.cls, "asynchronous", False) and system is None:
+        raise ScenarioError(
+            scenario.source,
+            "strategy.name",
+            "a [system] table too (an asynchronous strategy follows the simulated clock)",
+            got=scenario.strategy_name,
+        )
     pattern, faults = build_participation(scenario, labels)
+    if getattr(pattern, "time_period", None) is not None and system is None:
+        raise ScenarioError(
+            scenario.source,
+            "participation.clock",
+            '"rounds" without a [system] table (simulated time needs one)',
+            got="simulated",
+        )
     app = load_user_app(scenario)
     if app is None:
         if scenario.data.dataset is None:
@@ -406,6 +446,7 @@ def build_run(
         strategy=strategy,
         proxy_data=proxy_data,
         model_factory=model_factory,
+        system=system,
     )
 
 

@@ -45,6 +45,8 @@ REGISTRY: dict[str, str] = {
     "gossip": "fedsim.strategies.gossip:Gossip",
     "gossip-vc": "fedsim.strategies.gossip:VarianceCorrectedGossip",
     "dpsgd": "fedsim.strategies.gossip:DPSGD",
+    "fedbuff": "fedsim.strategies.fedbuff:FedBuff",
+    "fedasync": "fedsim.strategies.fedasync:FedAsync",
 }
 
 
