@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedsim.errors import FedsimError
+from fedsim.outputs import output_directory, output_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -105,8 +106,9 @@ def run(
     try:
         loaded = load_scenario(scenario, overrides)
         run_dir = out or Path("runs") / f"{loaded.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.is_dir() and any(run_dir.iterdir()):
             raise FedsimError(f"{run_dir}: run directory exists and is not empty (use --out)")
+        output_directory(run_dir, "--out")
         columns = (
             TextColumn("round {task.completed}/{task.total}"),
             BarColumn(),
@@ -246,6 +248,9 @@ def participation(
         figure_path = out or Path(f"{loaded.name}-participation.png")
         if figure_path.suffix.lower() != ".png":
             raise FedsimError(f"--out: expected a .png file, got {str(figure_path)!r}")
+        output_file(figure_path, "--out")
+        if csv is not None:
+            output_file(csv, "--csv")
         pattern, faults = build_participation(loaded, client_label_distribution(loaded))
         matrix = participation_matrix(pattern, num_rounds)
         table = participation_rates(matrix, getattr(pattern, "probabilities", None))
@@ -340,7 +345,10 @@ def sweep(
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
+        if out is not None and out.exists() and not out.is_dir():
+            raise FedsimError(f"--out: {out} exists and is not a directory")
         plan = plan_sweep(scenario, grid=grid, seeds=seeds, overrides=list(set_ or []), out=out)
+        output_directory(plan.directory, "--out")
         rounds = {point.name: point.scenario.rounds for point in plan.points}
         done_rounds = dict.fromkeys(rounds, 0)
         finished: list[str] = []
