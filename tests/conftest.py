@@ -31,11 +31,7 @@ def flower_identity() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray runtime shared by every end-to-end test (starting one takes seconds)."""
-    import ray
+    from fedsim.engine.ray_runtime import local_ray
 
-    from fedsim.engine.ray_runtime import ensure_private_token
-
-    ensure_private_token()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+    with local_ray("tests", num_cpus=2):
+        yield

@@ -32,6 +32,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.plugins import pickle_plugins_for_ray
@@ -275,7 +276,7 @@ def _check_running(source: str, allow: bool) -> None:
         )
 
 
-def _start_local(source: str) -> None:
+def _start_local(source: str, **init: Any) -> None:
     import ray
 
     if not _token_mode():
@@ -286,12 +287,9 @@ def _start_local(source: str) -> None:
             "on every interface (token authentication is on)"
         )
     ensure_private_token()
-    ray.init(
-        address="local",  # never RAY_ADDRESS's cluster by accident
-        include_dashboard=False,
-        logging_level=logging.ERROR,
-        log_to_driver=True,
-    )
+    init = {"logging_level": logging.ERROR, "log_to_driver": True, **init}
+    # address="local": never RAY_ADDRESS's cluster by accident
+    ray.init(address="local", include_dashboard=False, **init)
     gcs = str(ray.get_runtime_context().gcs_address)
     if probe(gcs, None) != "refused":
         ray.shutdown()
@@ -348,6 +346,26 @@ def _mode_mismatch(tokens: bool) -> str:
         "Ray was loaded in this process with token authentication, which cannot join a "
         "cluster without it: run fedsim in a new process with RAY_AUTH_MODE=disabled"
     )
+
+
+@contextmanager
+def local_ray(source: str, **init: Any) -> Iterator[str]:
+    """A local Ray runtime started as :func:`ray_runtime` starts one (token
+    authentication, loopback, no dashboard), with ``ray.init`` keywords such as
+    ``num_cpus``; shut down on exit. For scripts that keep one runtime across many
+    runs (the paper tables, the benchmarks, the test suite)."""
+    saved = _set_environment({**TOKEN_ENV, **LOOPBACK_ENV})
+    try:
+        import ray
+
+        pickle_plugins_for_ray()
+        _start_local(source, **init)
+        try:
+            yield str(ray.get_runtime_context().gcs_address)
+        finally:
+            ray.shutdown()
+    finally:
+        _restore_environment(saved)
 
 
 @contextmanager

@@ -144,8 +144,9 @@ def _flower_simulation(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            check_running_ray(scenario.source, scenario.engine.allow_unauthenticated_cluster)
             mapping = discover_nodes(grid, scenario.data.num_clients, scenario.engine.timeout)
+            # Flower starts Ray in another thread: once nodes answered, it is up.
+            check_running_ray(scenario.source, scenario.engine.allow_unauthenticated_cluster)
             outcome["arrays"] = run_session(setup, grid, mapping, writer, control)
         except BaseException as error:  # re-raised in the caller's thread
             outcome["error"] = error
