@@ -4,10 +4,10 @@
 or one this user cannot write gets a :class:`~fedsim.errors.FedsimError` naming the
 option, never a traceback half-way through a run.
 
->>> output_directory(Path("/proc/nope"), "--out")
+>>> output_directory(Path("/dev/null"), "--out")
 Traceback (most recent call last):
 ...
-fedsim.errors.FedsimError: --out: cannot create directory /proc/nope (No such file or directory)
+fedsim.errors.FedsimError: --out: /dev/null exists and is not a directory
 """
 
 from __future__ import annotations

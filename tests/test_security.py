@@ -330,6 +330,26 @@ def test_local_ray_run_refuses_a_client_without_the_token(tmp_path: Path) -> Non
                 process.communicate()
 
 
+def test_addresses_that_cannot_be_checked_are_one_line(tmp_path: Path) -> None:
+    """A Ray Client address needs the opt-in; a port that is not a Ray GCS is not joined."""
+    with socket.socket() as listener:  # accepts TCP, speaks no gRPC
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        for number, (address, expected) in enumerate(
+            [
+                ("ray://127.0.0.1:10001", "allow_unauthenticated_cluster"),
+                (f"127.0.0.1:{port}", "cannot check its authentication"),
+            ]
+        ):
+            path = write_scenario(tmp_path, digits_scenario(engine={"ray_address": address}))
+            started = time.monotonic()
+            out = str(tmp_path / f"run{number}")
+            done = run_cli("run", str(path), "--out", out, cwd=tmp_path)
+            one_line_error(done, "engine.ray_address", expected)
+            assert time.monotonic() - started < 60
+
+
 @pytest.mark.slow
 def test_joining_a_cluster_without_authentication_needs_the_opt_in(tmp_path: Path) -> None:
     env = {**without_ray_settings(), "RAY_AUTH_MODE": "disabled"}
