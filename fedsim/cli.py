@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedsim.errors import FedsimError
-from fedsim.outputs import output_directory, output_file
+from fedsim.outputs import new_output_directory, output_directory, output_file, remove_if_empty
 
 if TYPE_CHECKING:
     import numpy as np
@@ -103,12 +103,13 @@ def run(
     overrides = list(set_ or [])
     if engine is not None:
         overrides.append(f'engine.kind="{engine}"')
+    made: list[Path] = []
     try:
         loaded = load_scenario(scenario, overrides)
         run_dir = out or Path("runs") / f"{loaded.name}-{datetime.now():%Y%m%d-%H%M%S}"
         if run_dir.is_dir() and any(run_dir.iterdir()):
             raise FedsimError(f"{run_dir}: run directory exists and is not empty (use --out)")
-        output_directory(run_dir, "--out")
+        made = new_output_directory(run_dir, "--out")
         columns = (
             TextColumn("round {task.completed}/{task.total}"),
             BarColumn(),
@@ -152,6 +153,7 @@ def run(
     except KeyboardInterrupt:
         _interrupted(f"aborted; results so far in {run_dir}; resume with: fedsim resume {run_dir}")
     except FedsimError as error:
+        remove_if_empty(made)  # a mistake found before anything was written leaves no trace
         _fail(error)
 
 

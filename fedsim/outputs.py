@@ -32,6 +32,23 @@ def output_directory(path: Path, option: str) -> Path:
     return path
 
 
+def new_output_directory(path: Path, option: str) -> list[Path]:
+    """:func:`output_directory`, returning the directories it created (deepest first)
+    for :func:`remove_if_empty` when the command then fails before writing."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    output_directory(path, option)
+    return missing
+
+
+def remove_if_empty(directories: list[Path]) -> None:
+    """Remove directories that :func:`new_output_directory` made and nothing filled."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
 def output_file(path: Path, option: str) -> Path:
     """``path`` may be written (an existing regular file is replaced); its directory
     is created if missing."""

@@ -15,7 +15,10 @@ here before ``ray`` is imported, and checked with ``get_authentication_mode`` af
   loopback node address with the machine's.)
 - A cluster (``engine.ray_address``) is probed before joining: a gRPC call to its
   GCS without a token must be refused, else it is an unauthenticated cluster and
-  fedsim refuses it unless ``engine.allow_unauthenticated_cluster = true``.
+  fedsim refuses it unless ``engine.allow_unauthenticated_cluster = true`` (then the
+  driver joins with ``RAY_AUTH_MODE=disabled``, the only mode such a cluster serves).
+- :func:`local_ray` is the same local start for scripts that keep one runtime
+  across many runs (the paper tables, the benchmarks, the test suite).
 - A runtime the caller started is used as it is, after the same probe; fedsim
   never shuts down what it did not start.
 
