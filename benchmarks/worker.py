@@ -123,19 +123,13 @@ def _engine(
             "stats": stats,
             "cohort": _cohort_counts(grids),
         }
-    import ray
+    from fedsim.engine.ray_runtime import local_ray
 
-    ray.init(
-        num_cpus=spec["cpus"],
-        num_gpus=1 if spec["device"] == "cuda" else 0,
-        include_dashboard=False,
-        logging_level=logging.ERROR,
-    )
-    ray_s = time.perf_counter() - started
-    engine = run_on_ray if kind == "ray" else run_on_flower
-    arrays = engine(prepared, writer, RunControl(on_round_end=on_round_end))
-    if ray.is_initialized():
-        ray.shutdown()
+    gpus = 1 if spec["device"] == "cuda" else 0
+    with local_ray("benchmark", num_cpus=spec["cpus"], num_gpus=gpus):
+        ray_s = time.perf_counter() - started
+        engine = run_on_ray if kind == "ray" else run_on_flower
+        arrays = engine(prepared, writer, RunControl(on_round_end=on_round_end))
     return {
         "final": {name: arrays[name].numpy() for name in arrays},
         "stats": stats,

@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedsim.errors import FedsimError
+from fedsim.outputs import new_output_directory, output_directory, output_file, remove_if_empty
 
 if TYPE_CHECKING:
     import numpy as np
@@ -112,11 +113,13 @@ def run(
         overrides.append(f'engine.kind="{engine}"')
     if log:
         overrides.append("log.trackers=" + json.dumps(list(log)))
+    made: list[Path] = []
     try:
         loaded = Scenario.from_file(scenario, overrides)
         run_dir = out or api.default_run_dir(loaded)
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.is_dir() and any(run_dir.iterdir()):
             raise FedsimError(f"{run_dir}: run directory exists and is not empty (use --out)")
+        made = new_output_directory(run_dir, "--out")
         columns = (
             TextColumn("round {task.completed}/{task.total}"),
             BarColumn(),
@@ -159,6 +162,7 @@ def run(
     except KeyboardInterrupt:
         _interrupted(f"aborted; results so far in {run_dir}; resume with: fedsim resume {run_dir}")
     except FedsimError as error:
+        remove_if_empty(made)  # a mistake found before anything was written leaves no trace
         _fail(error)
 
 
@@ -256,6 +260,9 @@ def participation(
         figure_path = out or Path(f"{loaded.name}-participation.png")
         if figure_path.suffix.lower() != ".png":
             raise FedsimError(f"--out: expected a .png file, got {str(figure_path)!r}")
+        output_file(figure_path, "--out")
+        if csv is not None:
+            output_file(csv, "--csv")
         pattern, faults = build_participation(loaded, client_label_distribution(loaded))
         if getattr(pattern, "time_period", None) is not None:
             raise FedsimError(
@@ -356,7 +363,10 @@ def sweep(
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
+        if out is not None and out.exists() and not out.is_dir():
+            raise FedsimError(f"--out: {out} exists and is not a directory")
         plan = api.plan_sweep(scenario, grid=grid, seeds=seeds, overrides=list(set_ or []), out=out)
+        output_directory(plan.directory, "--out")
         rounds = {point.name: point.scenario.rounds for point in plan.points}
         done_rounds = dict.fromkeys(rounds, 0)
         finished: list[str] = []

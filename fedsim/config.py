@@ -66,6 +66,7 @@ ENGINE_KEYS = {
     "num_cpus_per_client",
     "num_gpus_per_client",
     "ray_address",
+    "allow_unauthenticated_cluster",
     "num_actors",
     "timeout",
     "server_device",
@@ -146,6 +147,8 @@ class EngineConfig:
     # many as fit cohort_memory_mb), "off", or at most this many clients per pass.
     cohort: str | int = "auto"
     cohort_memory_mb: float | None = None
+    # Join a Ray cluster (or use a runtime) that has no token authentication.
+    allow_unauthenticated_cluster: bool = False
 
 
 @dataclass(frozen=True)
@@ -524,6 +527,7 @@ def _engine(reader: Options) -> EngineConfig:
         ),
         num_gpus_per_client=reader.number("num_gpus_per_client", 0.0, minimum=0.0),
         ray_address=reader.optional_text("ray_address"),
+        allow_unauthenticated_cluster=reader.boolean("allow_unauthenticated_cluster", False),
         num_actors=reader.optional_integer("num_actors", minimum=1),
         timeout=reader.number("timeout", 3600.0, minimum=0.0, open_minimum=True),
         server_device=reader.text("server_device", "auto"),

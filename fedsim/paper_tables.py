@@ -215,18 +215,15 @@ def run_plans(
     ran = pending_runs(plans)
     if not ran:
         return None
-    import ray
+    from fedsim.engine.ray_runtime import local_ray
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     started, load_start, clock = _now(), _load(), time.perf_counter()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.ERROR)
-    try:
+    with local_ray("paper tables", num_cpus=num_cpus):
         for plan in plans:
             outcome = run_sweep(plan, parallel=parallel, on_event=on_event)
             if outcome.failed:
                 raise SystemExit(f"{plan.directory}: failed runs {outcome.failed}")
-    finally:
-        ray.shutdown()
     wall = round(time.perf_counter() - clock, 1)
     return Invocation(started, _now(), wall, ran, load_start, _load())
 
@@ -237,17 +234,14 @@ def run_scenarios(jobs: Sequence[tuple[Path, Sequence[str], Path]]) -> Invocatio
     None when there was nothing to run."""
     if not jobs:
         return None
-    import ray
+    from fedsim.engine.ray_runtime import local_ray
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     started, load_start, clock = _now(), _load(), time.perf_counter()
-    ray.init(include_dashboard=False, logging_level=logging.ERROR)
-    try:
+    with local_ray("paper tables"):
         for number, (scenario_file, overrides, run_dir) in enumerate(jobs, start=1):
             seconds = run_scenario_into(scenario_file, overrides, run_dir)
             print(f"[{number}/{len(jobs)}] {run_dir.name}: {seconds:.1f} s", flush=True)
-    finally:
-        ray.shutdown()
     wall = round(time.perf_counter() - clock, 1)
     return Invocation(started, _now(), wall, len(jobs), load_start, _load())
 

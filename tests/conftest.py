@@ -5,7 +5,13 @@ Plain helper functions that several test modules share are in tests/helpers.py.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+
+# Ray reads these once per process, when it is first imported: the suite's own Ray
+# runtime gets what fedsim gives a local run (token authentication, loopback only).
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
@@ -25,8 +31,7 @@ def flower_identity() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray runtime shared by every end-to-end test (starting one takes seconds)."""
-    import ray
+    from fedsim.engine.ray_runtime import local_ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+    with local_ray("tests", num_cpus=2):
+        yield

@@ -1,4 +1,5 @@
-"""A scenario across a real two-node Ray cluster gives the single-machine result.
+"""A scenario across a real two-node Ray cluster (with token authentication) gives
+the single-machine result.
 
 ``tests/fixtures/cluster_run.py`` starts ``ray.cluster_utils.Cluster`` (a head
 and a second node) in a subprocess, so it does not meet this session's Ray
@@ -55,6 +56,7 @@ def test_two_node_cluster_places_actors_on_both_and_agrees(
     assert done.returncode == 0, done.stderr[-3000:]
     cluster = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(cluster["nodes"]) == 2
+    assert cluster["auth"] == "token"  # the fixture checked a call without the token fails
     run = load_run(tmp_path / "cluster")
     served = run.metrics[(run.metrics.metric == "ray_node") & run.metrics.client.notna()]
     assert set(served.value) == set(cluster["nodes"])  # actors ran on both nodes

@@ -103,8 +103,9 @@ def test_bad_values(tmp_path: Path, table: str, key: str, value: object, message
 def test_unknown_key_names_the_known_ones(tmp_path: Path) -> None:
     path = with_change(tmp_path, "engine", "num_actor", 2)
     assert error_of(path) == (
-        f"{path}: engine.num_actor: expected one of the known keys (cohort, cohort_memory_mb, "
-        "kind, max_failure_fraction, max_failures_per_round, num_actors, num_cpus_per_client, "
+        f"{path}: engine.num_actor: expected one of the known keys "
+        "(allow_unauthenticated_cluster, cohort, cohort_memory_mb, kind, max_failure_fraction, "
+        "max_failures_per_round, num_actors, num_cpus_per_client, "
         "num_gpus_per_client, ray_address, server_device, timeout)"
     )
 

@@ -57,6 +57,7 @@ from fedsim.analysis.clients import (
 )
 from fedsim.analysis.runs import Run
 from fedsim.errors import FedsimError
+from fedsim.outputs import output_directory
 
 DPI = 120
 MAX_PANELS = 9
@@ -388,8 +389,7 @@ def write_report(
         raise FedsimError(f"{path}: two runs share a directory name")
     frame = load_runs(runs)
     by = grid_order(varying_keys(frame), sweep_manifest(path))
-    directory = Path(out) if out is not None else path / "report"
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = output_directory(Path(out) if out is not None else path / "report", "--out")
 
     summary = summary_table(frame, metric, by=by, phase=phase, target=target)
     per_run = run_results(frame, metric, phase=phase, target=target)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,9 @@ from fedsim.results import (
     CLIENTS_FILE,
     DEVICES_FILE,
     EVENTS_FILE,
+    METRIC_COLUMNS,
     METRICS_FILE,
+    PARTICIPATION_COLUMNS,
     PARTICIPATION_FILE,
     PARTICIPATION_STATES,
     SCENARIO_FILE,
@@ -54,7 +56,11 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Read a run directory written by ``fedsim run``."""
+    """Read a run directory written by ``fedsim run``.
+
+    Every file is read as data (TOML, parquet, JSON); one that is not what its name
+    says is a one-line :class:`FedsimError` naming it.
+    """
     path = Path(path)
     scenario_file = path / SCENARIO_FILE
     if not scenario_file.is_file():
@@ -63,16 +69,50 @@ def load_run(path: str | Path) -> Run:
         raise FedsimError(f"{path}: run has no {METRICS_FILE} yet (did it start?)")
     summary_file = path / SUMMARY_FILE
     events_file = path / EVENTS_FILE
+    summary = _read(summary_file, _json_object) if summary_file.is_file() else None
+    events = _read(events_file, _json_lines) if events_file.is_file() else []
     return Run(
         path=path,
-        config=tomllib.loads(scenario_file.read_text()),
-        metrics=pd.read_parquet(path / METRICS_FILE),
-        participation=pd.read_parquet(path / PARTICIPATION_FILE),
-        events=[json.loads(line) for line in events_file.read_text().splitlines()]
-        if events_file.is_file()
-        else [],
-        summary=json.loads(summary_file.read_text()) if summary_file.is_file() else None,
+        config=_read(scenario_file, lambda f: tomllib.loads(f.read_text())),
+        metrics=_read(path / METRICS_FILE, lambda f: _table(f, METRIC_COLUMNS)),
+        participation=_read(path / PARTICIPATION_FILE, lambda f: _table(f, PARTICIPATION_COLUMNS)),
+        events=events,
+        summary=summary,
     )
+
+
+def _read(file: Path, reader: Callable[[Path], Any]) -> Any:
+    try:
+        return reader(file)
+    except FedsimError:
+        raise
+    except Exception as error:  # the parsers raise many kinds for a bad file
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise FedsimError(
+            f"{file}: not a valid {file.suffix[1:]} file of a run ({reason})"
+        ) from None
+
+
+def _table(file: Path, columns: list[str]) -> pd.DataFrame:
+    frame = pd.read_parquet(file)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise FedsimError(f"{file}: not a table of a run (no column {', '.join(missing)})")
+    return frame
+
+
+def _json_object(file: Path) -> dict[str, Any]:
+    value = json.loads(file.read_text())
+    if not isinstance(value, dict):
+        raise FedsimError(f"{file}: not a summary of a run (a JSON object)")
+    return value
+
+
+def _json_lines(file: Path) -> list[dict[str, Any]]:
+    events = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    if not all(isinstance(event, dict) for event in events):
+        raise FedsimError(f"{file}: not the events of a run (one JSON object a line)")
+    return events
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

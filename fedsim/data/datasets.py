@@ -496,12 +496,32 @@ def _mnist_like(name: str, torchvision_dir: str) -> Callable[..., Dataset]:
     return load
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays, nothing that names other code: the
+    CIFAR "python version" batches are pickles, and a data folder is data."""
+
+    ALLOWED = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not data")
+        return super().find_class(module, name)
+
+
 def _unpickle(opts: _Options, path: Path) -> dict[bytes, Any]:
     if not path.is_file():
         raise opts.fail("path", f"a folder holding the file {path.name}", str(path.parent))
     with path.open("rb") as handle:
         try:
-            batch = pickle.load(handle, encoding="bytes")
+            batch = _ArraysOnly(handle, encoding="bytes").load()
         except Exception as error:
             raise opts.fail("path", "CIFAR python pickle batches", str(path)) from error
     if not isinstance(batch, dict) or b"data" not in batch:

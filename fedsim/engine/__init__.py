@@ -12,3 +12,5 @@ import os
 
 # Keep Ray's current behaviour (CPU-only actors see no GPU) without its FutureWarning.
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# Ray's token authentication (read once per process, when ray loads; see ray_runtime).
+os.environ.setdefault("RAY_AUTH_MODE", "token")

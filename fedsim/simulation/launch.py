@@ -56,13 +56,16 @@ def client_nodes(num_clients: int) -> dict[int, int]:
 
 def run_on_ray(setup: RunSetup, writer: RunWriter, control: RunControl) -> ArrayRecord:
     """The scenario on a pool of Ray actors (``engine.kind = "ray"``)."""
-    import ray
-
-    from fedsim.engine.ray_grid import RayGrid
     from fedsim.engine.ray_runtime import ray_runtime
 
     scenario = setup.scenario
-    with ray_runtime(scenario.engine.ray_address, scenario.source):
+    engine = scenario.engine
+    # Ray is imported inside: it reads its authentication mode once, when it loads.
+    with ray_runtime(engine.ray_address, scenario.source, engine.allow_unauthenticated_cluster):
+        import ray
+
+        from fedsim.engine.ray_grid import RayGrid
+
         grid = RayGrid(
             setup.app,
             num_clients=scenario.data.num_clients,
@@ -115,19 +118,35 @@ def discover_nodes(grid: Grid, num_clients: int, timeout: float) -> dict[int, in
 
 def run_on_flower(setup: RunSetup, writer: RunWriter, control: RunControl) -> ArrayRecord:
     """The same scenario through Flower's own ``run_simulation`` (for parity checks)."""
-    from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation
+    from fedsim.engine.ray_runtime import flower_ray_environment
 
-    pickle_plugins_for_ray()
+    with flower_ray_environment(setup.scenario.source):  # before Flower imports ray
+        from flwr.serverapp import ServerApp
+        from flwr.simulation import run_simulation
+
+        pickle_plugins_for_ray()
+        return _flower_simulation(setup, writer, control, ServerApp, run_simulation)
+
+
+def _flower_simulation(
+    setup: RunSetup,
+    writer: RunWriter,
+    control: RunControl,
+    server_app: Any,
+    run_simulation: Callable[..., None],
+) -> ArrayRecord:
+    from fedsim.engine.ray_runtime import check_running_ray
 
     scenario = setup.scenario
     outcome: dict[str, Any] = {}
-    app = ServerApp()
+    app = server_app()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
             mapping = discover_nodes(grid, scenario.data.num_clients, scenario.engine.timeout)
+            # Flower starts Ray in another thread: once nodes answered, it is up.
+            check_running_ray(scenario.source, scenario.engine.allow_unauthenticated_cluster)
             outcome["arrays"] = run_session(setup, grid, mapping, writer, control)
         except BaseException as error:  # re-raised in the caller's thread
             outcome["error"] = error
@@ -141,7 +160,8 @@ def run_on_flower(setup: RunSetup, writer: RunWriter, control: RunControl) -> Ar
         num_supernodes=scenario.data.num_clients,
         backend_config={
             "client_resources": resources,
-            "init_args": {"logging_level": "ERROR"},
+            # Never RAY_ADDRESS's cluster by accident; no dashboard.
+            "init_args": {"logging_level": "ERROR", "address": "local", "include_dashboard": False},
         },
     )
     if "error" in outcome:

@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -532,7 +533,10 @@ def _run_pending(
         from fedsim.engine.ray_runtime import ray_runtime
 
         first = points[kinds["ray"][0]].scenario
-        with ray_runtime(first.engine.ray_address, first.source) as address:
+        engine = first.engine
+        with ray_runtime(
+            engine.ray_address, first.source, engine.allow_unauthenticated_cluster
+        ) as address:
             _run_side_by_side(context, kinds["ray"], parallel, address)
     for index in kinds["flower"]:
         _run_parallel(context, [index], 1, None)
@@ -646,6 +650,9 @@ def _run_parallel(
 def _worker_init(ray_address: str | None) -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     if ray_address is not None:
+        from fedsim.engine.ray_runtime import worker_environment
+
+        os.environ.update(worker_environment(ray_address))  # read once, when ray loads
         import ray
 
         ray.init(address=ray_address, logging_level=logging.ERROR)
