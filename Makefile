@@ -5,6 +5,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedsim-installed
+# Test processes (pytest-xdist); each test file runs whole in one of them (--dist loadfile).
+# CI has 2 cores; the Ray and subprocess tests wait on I/O enough that 2 workers halve the
+# suite's time there.
+WORKERS ?= 2
 
 .PHONY: demo test check lint venv
 
@@ -27,8 +31,8 @@ lint: $(STAMP)
 	$(BIN)/mypy fedsim
 
 test: lint
-	$(BIN)/python -m pytest fedsim tests strategies -q -m "not gpu"
+	$(BIN)/python -m pytest fedsim tests strategies -q -m "not gpu" -n $(WORKERS) --dist loadfile
 
 # The fast inner loop: lint and the tests not marked slow, stopping at the first failure.
 check: lint
-	$(BIN)/python -m pytest fedsim tests strategies -q -x -m "not gpu and not slow"
+	$(BIN)/python -m pytest fedsim tests strategies -q -x -m "not gpu and not slow" -n $(WORKERS) --dist loadfile
