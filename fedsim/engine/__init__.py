@@ -1,11 +1,16 @@
 """Execution engines: how messages from a strategy reach ClientApps and come back.
 
-Both engines present Flower's ``Grid`` interface to the strategy, so any Flower
-Message-API strategy runs unchanged: :mod:`fedsim.engine.ray_grid` is fedsim's
-own (a pool of long-lived Ray actors), :mod:`fedsim.engine.flower_engine` runs
-the same scenario through Flower's ``run_simulation`` for parity checks, and
-:mod:`fedsim.engine.reachable` puts the participation pattern in front of
-either.
+Every engine presents Flower's ``Grid`` interface to the strategy, so any Flower
+Message-API strategy runs unchanged: :mod:`fedsim.engine.ray_grid` (a pool of
+long-lived Ray actors) and :mod:`fedsim.engine.inline_grid` (every client in this
+process) are fedsim's own, both serving cohorts through :mod:`fedsim.engine.serving`;
+Flower's ``run_simulation`` runs the same scenario for parity checks
+(:func:`fedsim.simulation.launch.run_on_flower`); :mod:`fedsim.engine.reachable` puts
+the participation pattern in front of any of them, and
+:mod:`fedsim.engine.ray_runtime` is where Ray is started or joined.
+
+Importing this package sets two of Ray's environment variables unless they are set
+already, since Ray reads them once per process.
 """
 
 import os
