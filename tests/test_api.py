@@ -69,7 +69,7 @@ def odd_even(round: int, clients: np.ndarray, rng: np.random.Generator) -> np.nd
     return clients[clients % 2 == round % 2]
 
 
-@pytest.mark.parametrize("engine", ["inline", "ray"])
+@pytest.mark.parametrize("engine", ["inline", pytest.param("ray", marks=pytest.mark.slow)])
 def test_objects_run_end_to_end(
     tmp_path: Path, engine: str, request: pytest.FixtureRequest
 ) -> None:

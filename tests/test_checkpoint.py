@@ -233,6 +233,7 @@ def test_crash_then_resume_is_identical_for_stateful_strategies(
     assert_same_results(resumed, reference)
 
 
+@pytest.mark.slow
 def test_stop_request_checkpoints_and_resume_finishes(tmp_path: Path, ray_session: None) -> None:
     """What Ctrl-C does in the CLI: stop after the round in progress, checkpoint, say how."""
     scenario = toy_scenario({"name": "fedau"}, checkpoint={"every": 0})

@@ -247,6 +247,7 @@ def manifest_of(**changes: Any) -> dict[str, Any]:
     return manifest
 
 
+@pytest.mark.slow
 def test_resume_refuses_crafted_pickles_in_one_line_and_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "executed"
     evil = pickle.dumps({"round": 3, "payload": Marker(marker)})

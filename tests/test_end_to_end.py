@@ -35,6 +35,7 @@ def test_ray_run_trains_and_writes_tables(tmp_path: Path, ray_session: None) -> 
     assert "data.dataset" in both.columns and set(both["data.dataset"]) == {"digits"}
 
 
+@pytest.mark.slow
 def test_strategy_plugin_by_path_and_flower_strategy_by_name(
     tmp_path: Path, ray_session: None
 ) -> None:

@@ -88,6 +88,7 @@ def test_trace_and_script_run_end_to_end_through_the_cli(tmp_path: Path) -> None
         }
 
 
+@pytest.mark.slow
 def test_actors_do_not_change_participation_or_model(tmp_path: Path, ray_session: None) -> None:
     """Label-based Bernoulli rates, dropout and a deadline, FedAU: 1 actor vs 2 actors."""
     participation = {

@@ -112,6 +112,7 @@ def first(reply: Message) -> float:
     return float(reply.content.array_records["arrays"]["w"].numpy()[0])
 
 
+@pytest.mark.slow
 def test_batched_dispatch_keeps_the_engines_semantics(ray_session: None) -> None:
     grid = RayGrid(batch_app, num_clients=6, num_actors=1)
     try:

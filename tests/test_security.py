@@ -168,6 +168,7 @@ def test_crafted_run_files_are_one_line_or_data(tmp_path: Path, name: str, conte
 # --- bad places to write -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("place", ["file", "/proc/nope"])
 def test_bad_out_is_one_line(tmp_path: Path, place: str) -> None:
     existing = tmp_path / "a-file"
@@ -330,6 +331,7 @@ def test_local_ray_run_refuses_a_client_without_the_token(tmp_path: Path) -> Non
                 process.communicate()
 
 
+@pytest.mark.slow
 def test_addresses_that_cannot_be_checked_are_one_line(tmp_path: Path) -> None:
     """A Ray Client address needs the opt-in; a port that is not a Ray GCS is not joined."""
     with socket.socket() as listener:  # accepts TCP, speaks no gRPC
