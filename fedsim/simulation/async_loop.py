@@ -39,7 +39,13 @@ from fedsim.engine.reachable import ReachableGrid
 from fedsim.records import first_of
 from fedsim.results import RunWriter
 from fedsim.seeding import rng
-from fedsim.simulation.loop import LoopSettings, _central, _finite, check_failures
+from fedsim.simulation.loop import (
+    LoopSettings,
+    _central,
+    _finite,
+    check_failures,
+    write_timing,
+)
 from fedsim.strategies.asynchronous import AsyncStrategy, Flight, Model
 
 DISPATCH_PURPOSE = "async.dispatch"
@@ -188,20 +194,7 @@ def run_async(
         )
         if evaluate_now and settings.central is not None:
             _central(settings.central, rnd, arrays, writer)
-        finished = time.perf_counter()
-        writer.metrics(
-            rnd,
-            None,
-            keys.PHASE_TIMING,
-            [
-                ("round_s", finished - started),
-                ("clients_s", trained - started),
-                ("aggregate_s", aggregated - trained),
-                ("evaluate_s", finished - aggregated),
-                ("replies", len(log.replied)),
-                ("available", len(log.available)),
-            ],
-        )
+        write_timing(writer, rnd, log, started, trained, aggregated)
         if on_round_end is not None:
             on_round_end(rnd, arrays)
     return arrays

@@ -200,23 +200,31 @@ def run_rounds(
             _central(settings.central, rnd, arrays, writer)
             if hasattr(strategy, "evaluate_nodes"):
                 _central_per_node(strategy, settings.central, rnd, client_of, writer)
-        finished = time.perf_counter()
-        writer.metrics(
-            rnd,
-            None,
-            keys.PHASE_TIMING,
-            [
-                ("round_s", finished - started),
-                ("clients_s", trained - started),
-                ("aggregate_s", aggregated - trained),
-                ("evaluate_s", finished - aggregated),
-                ("replies", len(log.replied)),
-                ("available", len(log.available)),
-            ],
-        )
+        write_timing(writer, rnd, log, started, trained, aggregated)
         if on_round_end is not None:
             on_round_end(rnd, arrays)
     return arrays
+
+
+def write_timing(
+    writer: RunWriter, rnd: int, log: RoundLog, started: float, trained: float, aggregated: float
+) -> None:
+    """A round's timing rows: wall seconds of the round and of its phases (clients,
+    aggregation, evaluation, measured from ``perf_counter`` marks), replies, reachable."""
+    finished = time.perf_counter()
+    writer.metrics(
+        rnd,
+        None,
+        keys.PHASE_TIMING,
+        [
+            ("round_s", finished - started),
+            ("clients_s", trained - started),
+            ("aggregate_s", aggregated - trained),
+            ("evaluate_s", finished - aggregated),
+            ("replies", len(log.replied)),
+            ("available", len(log.available)),
+        ],
+    )
 
 
 def _central(evaluate: CentralEvaluate, rnd: int, arrays: ArrayRecord, writer: RunWriter) -> None:
