@@ -12,13 +12,13 @@ WORKERS ?= 2
 
 .PHONY: demo test check lint venv
 
+# setuptools warns on every editable install that a folder named like the package may
+# shadow it (here it is the package): that one warning of the install is silenced.
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	# setuptools warns on every editable install that a folder named like the package may
-	# shadow it (here it is the package): the one warning of the install, silenced.
 	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
