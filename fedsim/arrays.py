@@ -307,7 +307,7 @@ class Layout:
         shared = self._shared_block(records)
         if shared is not None:  # a cohort's replies: one gather of the block's rows
             block, picked = shared
-            if isinstance(block, Block) and block.on(target):
+            if isinstance(block, Block) and block.on(target) and target.type != "cpu":
                 return block.tensor.index_select(0, torch.tensor(picked, device=target))
             # mode="clip": the rows are valid, and "raise" would buffer the whole output.
             np.take(_host(block), picked, axis=0, out=rows, mode="clip")
