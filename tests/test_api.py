@@ -202,3 +202,62 @@ def test_docs_api_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
     )
     assert result.failed == 0 and result.attempted > 10
+
+
+def test_a_client_app_object_runs_as_the_same_app_by_path(tmp_path: Path) -> None:
+    """A ClientApp passed as an object trains exactly as the same app named by path."""
+    from fedsim.plugins import load_object
+
+    fixture = ROOT / "tests" / "fixtures" / "user_client_app.py"
+    raw = {
+        "name": "user-app",
+        "rounds": 2,
+        "data": {"num_clients": 4},
+        "model": {"factory": f"{fixture}:make_model"},
+        "client": {"app": f"{fixture}:app", "config": {"shift": 10.0}},
+        "strategy": {"name": "fedavg", "uniform_weights": True},
+        "engine": {"kind": "inline"},
+    }
+    by_path = fedsim.run(fedsim.Scenario.from_dict(raw), out=tmp_path / "path")
+    app = load_object(f"{fixture}:app", base_dir=ROOT, source="test", key="client.app")
+    client = {k: v for k, v in raw["client"].items() if k != "app"}
+    as_object = fedsim.run(
+        fedsim.Scenario.from_dict({**raw, "client": client}, client_app=app),
+        out=tmp_path / "object",
+    )
+    same_model(by_path.path, as_object.path)
+    assert as_object.config["client"]["app"].startswith("python:")
+
+
+def test_an_interrupted_run_with_objects_resumes_with_them(tmp_path: Path) -> None:
+    """A run stopped after round 2 of 3 and resumed with the same objects ends exactly
+    as the uninterrupted run."""
+    import threading
+
+    from fedsim.simulation.checkpoint import RunInterrupted
+
+    raw = {**tiny(), "rounds": 3, "checkpoint": {"every": 1}}
+    whole = fedsim.run(
+        fedsim.Scenario.from_dict(raw),
+        out=tmp_path / "whole",
+        strategy=FedAvg,
+        participation=odd_even,
+    )
+    stop = threading.Event()
+
+    def stop_after_two(rnd: int, _accuracy: float | None) -> None:
+        if rnd == 1:  # seen at the end of round 2: a stop ends the run after its round
+            stop.set()
+
+    with pytest.raises(RunInterrupted):
+        fedsim.run(
+            fedsim.Scenario.from_dict(raw),
+            out=tmp_path / "parts",
+            strategy=FedAvg,
+            participation=odd_even,
+            on_round_end=stop_after_two,
+            stop=stop,
+        )
+    resumed = fedsim.resume(tmp_path / "parts", strategy=FedAvg, participation=odd_even)
+    same_model(whole.path, resumed.path)
+    assert resumed.central().tolist() == whole.central().tolist()
