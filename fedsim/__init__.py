@@ -28,13 +28,14 @@ if TYPE_CHECKING:
     from fedsim.analysis.runs import Run, load_run
     from fedsim.config import Scenario
     from fedsim.errors import FedsimError, RunError, ScenarioError
-    from fedsim.simulation.api import resume, run
+    from fedsim.simulation.api import resume, run, run_app
     from fedsim.simulation.sweep import sweep
 
 _LAZY = {
     "Scenario": "fedsim.config",
     "resume": "fedsim.simulation.api",
     "run": "fedsim.simulation.api",
+    "run_app": "fedsim.simulation.api",
     "sweep": "fedsim.simulation.sweep",
     "Run": "fedsim.analysis.runs",
     "load_run": "fedsim.analysis.runs",
@@ -53,6 +54,7 @@ __all__ = [
     "load_run",
     "resume",
     "run",
+    "run_app",
     "sweep",
 ]
 

@@ -78,7 +78,9 @@ def _interrupted(message: str) -> None:
 
 @app.command()
 def run(
-    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    scenario: Annotated[
+        Path, typer.Argument(help="Scenario TOML file, or a Flower app project's folder.")
+    ],
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a scenario key: --set client.lr=0.05 (repeatable)."),
@@ -99,14 +101,38 @@ def run(
             "as [log] trackers).",
         ),
     ] = None,
+    run_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--run-config",
+            help='A Flower app\'s run-config overrides, as flwr run takes them: "k=v k2=v2" '
+            "or a TOML file.",
+        ),
+    ] = None,
+    overlay: Annotated[
+        Path | None,
+        typer.Option(
+            "--scenario",
+            help="For a Flower app: a fedsim TOML overlay ([participation], [engine], seed, "
+            "data.num_clients).",
+        ),
+    ] = None,
 ) -> None:
-    """Run a scenario and print where its results are."""
+    """Run a scenario (or a Flower app project) and print where its results are."""
     from fedsim import api
     from fedsim.config import Scenario
+    from fedsim.flower_project import is_flower_project
     from fedsim.simulation.checkpoint import RunInterrupted
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    if is_flower_project(scenario):
+        if log:
+            _fail(FedsimError(f"{scenario}: --log: trackers are not available for Flower apps yet"))
+        _run_app(scenario, out, engine, run_config, overlay, set_)
+        return
+    if run_config or overlay is not None:
+        _fail(FedsimError(f"{scenario}: --run-config and --scenario are for Flower app folders"))
 
     overrides = list(set_ or [])
     if engine is not None:
@@ -163,6 +189,67 @@ def run(
         _interrupted(f"aborted; results so far in {run_dir}; resume with: fedsim resume {run_dir}")
     except FedsimError as error:
         remove_if_empty(made)  # a mistake found before anything was written leaves no trace
+        _fail(error)
+
+
+def _run_app(
+    project: Path,
+    out: Path | None,
+    engine: str | None,
+    run_config: list[str] | None,
+    overlay: Path | None,
+    overrides: list[str] | None,
+) -> None:
+    """``fedsim run DIR`` for a Flower app project, with a progress line."""
+    from fedsim import api
+    from fedsim.flower_project import read_project
+    from fedsim.simulation.checkpoint import RunInterrupted
+
+    made: list[Path] = []
+    run_dir = out
+    try:
+        read = read_project(project, run_config=run_config, overlay=overlay, overrides=overrides)
+        run_dir = out or api.default_run_dir(read)
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise FedsimError(f"{run_dir}: run directory exists and is not empty (use --out)")
+        made = new_output_directory(run_dir, "--out")
+        started = time.perf_counter()
+        # The bar appears with the first round: a mistake found while loading stays one line.
+        bar = Progress(TextColumn("round {task.completed}"), console=console)
+        task = bar.add_task("rounds", total=None)
+
+        def on_round_end(rnd: int, _accuracy: float | None) -> None:
+            if not bar.live.is_started:
+                bar.start()
+            bar.update(task, completed=rnd)
+
+        try:
+            with _stop_on_ctrl_c() as stop:
+                finished = api.run_app(
+                    project,
+                    out=run_dir,
+                    engine=engine,
+                    run_config=run_config,
+                    scenario=overlay,
+                    overrides=overrides,
+                    on_round_end=on_round_end,
+                    stop=stop,
+                )
+        finally:
+            bar.stop()
+        summary = finished.summary or {}
+        elapsed = time.perf_counter() - started
+        line = f"{read.name}: {summary.get('rounds', 0)} rounds in {elapsed:.1f} s"
+        if summary.get("final_accuracy") is not None:
+            line += f", final accuracy {summary['final_accuracy']:.3f}"
+        print(line)
+        print(f"results: {run_dir}")
+    except RunInterrupted as error:
+        _interrupted(str(error))
+    except KeyboardInterrupt:
+        _interrupted(f"aborted; results so far in {run_dir}")
+    except FedsimError as error:
+        remove_if_empty(made)
         _fail(error)
 
 

@@ -37,6 +37,7 @@ TOP_LEVEL = {
     "log",
     "system",  # read by fedsim.system: the device and network model, simulated time
     "sweep",  # read by fedsim.simulation.sweep; a single run ignores it
+    "flower",  # a Flower app project's run (fedsim.flower_project): recorded, not read
 }
 DATA_COMMON = {
     "dataset",

@@ -60,13 +60,13 @@ def load_object(spec: str, *, base_dir: str | Path, source: str | Path, key: str
             raise ScenarioError(
                 source, key, f"a file that imports cleanly ({type(error).__name__}: {error})"
             ) from error
-        _pickle_by_value(module)
+        register_by_value(module)
     if not hasattr(module, name):
         raise ScenarioError(source, key, f"{path.name} to define {name!r}", got=spec)
     return getattr(module, name)
 
 
-def _pickle_by_value(module: ModuleType) -> None:
+def register_by_value(module: ModuleType) -> None:
     """Pickle ``module``'s objects by value: nothing else can import it by name.
 
     Registered with cloudpickle (checkpoints) now, and with Ray's own copy of it (a

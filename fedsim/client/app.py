@@ -2,7 +2,7 @@
 
 A client is identified by ``context.node_config["partition-id"]``, exactly as
 under Flower's simulation engine, so the same app runs in fedsim's engine, in
-Flower's ``run_simulation`` and in a real deployment. Everything a process
+Flower's simulation runtime and in a real deployment. Everything a process
 needs to serve clients (the memory-mapped client data store, the model on its
 device) is built once per process and cached, not per message.
 

@@ -4,7 +4,7 @@ Every engine presents Flower's ``Grid`` interface to the strategy, so any Flower
 Message-API strategy runs unchanged: :mod:`fedsim.engine.ray_grid` (a pool of
 long-lived Ray actors) and :mod:`fedsim.engine.inline_grid` (every client in this
 process) are fedsim's own, both serving cohorts through :mod:`fedsim.engine.serving`;
-Flower's ``run_simulation`` runs the same scenario for parity checks
+Flower's own simulation runtime runs the same scenario for parity checks
 (:func:`fedsim.simulation.launch.run_on_flower`); :mod:`fedsim.engine.reachable` puts
 the participation pattern in front of any of them, and
 :mod:`fedsim.engine.ray_runtime` is where Ray is started or joined.

@@ -373,7 +373,7 @@ def local_ray(source: str, **init: Any) -> Iterator[str]:
 
 @contextmanager
 def flower_ray_environment(source: str) -> Iterator[None]:
-    """Around Flower's ``run_simulation``, which starts Ray itself (when none runs):
+    """Around Flower's simulation runtime, which starts Ray itself (when none runs):
     the same token authentication and loopback binding as :func:`ray_runtime`'s local
     start. Call :func:`check_running_ray` from inside the simulation."""
     local = "ray" not in sys.modules or not sys.modules["ray"].is_initialized()

@@ -26,14 +26,16 @@ from fedsim.errors import FedsimError
 
 if TYPE_CHECKING:
     from fedsim.analysis.runs import Run
+    from fedsim.flower_project import FlowerProject
 
 ProgressCallback = Callable[[int, float | None], None]
 
-__all__ = ["default_run_dir", "resume", "run"]
+__all__ = ["default_run_dir", "resume", "run", "run_app"]
 
 
-def default_run_dir(scenario: Scenario) -> Path:
-    """``runs/NAME-YYYYmmdd-HHMMSS``: where a run goes without ``out``."""
+def default_run_dir(scenario: Scenario | FlowerProject) -> Path:
+    """``runs/NAME-YYYYmmdd-HHMMSS``: where a run (of a scenario or a Flower app) goes
+    without ``out``."""
     return Path("runs") / f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
@@ -101,6 +103,48 @@ def run(
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FedsimError(f"{run_dir}: run directory exists and is not empty (use --out)")
     run_scenario(resolved, run_dir, on_round_end=on_round_end, stop=stop)
+    return load_run(run_dir)
+
+
+def run_app(
+    project: str | Path,
+    *,
+    out: str | Path | None = None,
+    engine: str | None = None,
+    run_config: Sequence[str] | None = None,
+    scenario: str | Path | None = None,
+    overrides: Iterable[str] | None = None,
+    on_round_end: ProgressCallback | None = None,
+    stop: threading.Event | None = None,
+) -> Run:
+    """Run a Flower app project (a folder with Flower's ``pyproject.toml``) on fedsim's
+    engine, as ``fedsim run DIR``; returns the run as :func:`fedsim.analysis.load_run`
+    reads it.
+
+    ``run_config``: Flower's ``--run-config`` overrides (``"key=value ..."`` or one TOML
+    file). ``scenario``: a fedsim TOML overlay for what Flower has no words for
+    (``[participation]``, ``[engine]``, ``seed``, ``data.num_clients``), on top of the
+    project's ``[tool.fedsim]`` table; ``overrides``: dotted keys on top, as ``--set``.
+    ``engine``: ``"ray"`` (default) or ``"inline"``. Stopping (``stop``) ends the run
+    after the current round; a Flower app's run cannot be resumed.
+    """
+    from fedsim.analysis.runs import load_run
+    from fedsim.flower_project import read_project
+    from fedsim.simulation.flower_app import app_scenario, run_flower_app
+    from fedsim.simulation.session import RunControl
+
+    project_dir = Path(project)
+    read = read_project(
+        project_dir,
+        run_config=list(run_config or []),
+        overlay=Path(scenario) if scenario is not None else None,
+        overrides=list(overrides or []),
+    )
+    resolved = app_scenario(read, engine)
+    run_dir = Path(out) if out is not None else default_run_dir(resolved)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FedsimError(f"{run_dir}: run directory exists and is not empty (use --out)")
+    run_flower_app(read, resolved, run_dir, RunControl(on_round_end=on_round_end, stop=stop))
     return load_run(run_dir)
 
 

@@ -3,22 +3,25 @@ nodes, run the session, and shut the engine down whatever happens.
 
 - ``ray``: a pool of long-lived Ray actors (:class:`fedsim.engine.ray_grid.RayGrid`);
 - ``inline``: every client served in this process (no Ray needed);
-- ``flower``: Flower's own ``run_simulation``, for parity checks.
+- ``flower``: Flower's own simulation runtime, for parity checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
 from fedsim import keys
 from fedsim.client.app import WHOAMI
 from fedsim.config import Scenario
 from fedsim.engine.identity import node_id_of
+from fedsim.engine.node_grid import NodeGrid
 from fedsim.engine.serving import CohortPolicy
 from fedsim.plugins import pickle_plugins_for_ray
 from fedsim.results import RunWriter
@@ -54,12 +57,28 @@ def client_nodes(num_clients: int) -> dict[int, int]:
     return {c: node_id_of(c) for c in range(num_clients)}
 
 
-def run_on_ray(setup: RunSetup, writer: RunWriter, control: RunControl) -> ArrayRecord:
-    """The scenario on a pool of Ray actors (``engine.kind = "ray"``)."""
+@contextlib.contextmanager
+def started_grid(
+    scenario: Scenario, app: ClientApp, kind: str, run_config: dict[str, Any] | None = None
+) -> Iterator[NodeGrid]:
+    """fedsim's own engine ``kind`` ("ray" or "inline") with ``scenario``'s engine settings,
+    serving ``app`` on ``data.num_clients`` nodes (``run_config`` in their Contexts); shut
+    down on exit whatever happens."""
+    engine = scenario.engine
+    num_clients = scenario.data.num_clients
+    if kind == "inline":
+        from fedsim.engine.inline_grid import InlineGrid
+
+        grid: NodeGrid = InlineGrid(
+            app, num_clients=num_clients, run_config=run_config, cohort=cohort_policy(scenario)
+        )
+        try:
+            yield grid
+        finally:
+            grid.shutdown()
+        return
     from fedsim.engine.ray_runtime import ray_runtime
 
-    scenario = setup.scenario
-    engine = scenario.engine
     # Ray is imported inside: it reads its authentication mode once, when it loads.
     with ray_runtime(engine.ray_address, scenario.source, engine.allow_unauthenticated_cluster):
         import ray
@@ -67,31 +86,33 @@ def run_on_ray(setup: RunSetup, writer: RunWriter, control: RunControl) -> Array
         from fedsim.engine.ray_grid import RayGrid
 
         grid = RayGrid(
-            setup.app,
-            num_clients=scenario.data.num_clients,
+            app,
+            num_clients=num_clients,
             num_actors=default_num_actors(scenario, ray.cluster_resources()),
-            num_cpus_per_actor=scenario.engine.num_cpus_per_client,
-            num_gpus_per_actor=scenario.engine.num_gpus_per_client,
-            start_timeout=max(scenario.engine.timeout, ACTOR_START_TIMEOUT_S),
+            num_cpus_per_actor=engine.num_cpus_per_client,
+            num_gpus_per_actor=engine.num_gpus_per_client,
+            start_timeout=max(engine.timeout, ACTOR_START_TIMEOUT_S),
+            run_config=run_config,
             cohort=cohort_policy(scenario),
         )
         try:
-            nodes = client_nodes(scenario.data.num_clients)
-            return run_session(setup, grid, nodes, writer, control)
+            yield grid
         finally:
             grid.shutdown()
 
 
+def run_on_ray(setup: RunSetup, writer: RunWriter, control: RunControl) -> ArrayRecord:
+    """The scenario on a pool of Ray actors (``engine.kind = "ray"``)."""
+    with started_grid(setup.scenario, setup.app, "ray") as grid:
+        nodes = client_nodes(setup.scenario.data.num_clients)
+        return run_session(setup, grid, nodes, writer, control)
+
+
 def run_inline(setup: RunSetup, writer: RunWriter, control: RunControl) -> ArrayRecord:
     """The scenario with every client served in this process (``engine.kind = "inline"``)."""
-    from fedsim.engine.inline_grid import InlineGrid
-
-    num_clients = setup.scenario.data.num_clients
-    grid = InlineGrid(setup.app, num_clients=num_clients, cohort=cohort_policy(setup.scenario))
-    try:
-        return run_session(setup, grid, client_nodes(num_clients), writer, control)
-    finally:
-        grid.shutdown()
+    with started_grid(setup.scenario, setup.app, "inline") as grid:
+        nodes = client_nodes(setup.scenario.data.num_clients)
+        return run_session(setup, grid, nodes, writer, control)
 
 
 def discover_nodes(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
@@ -116,58 +137,63 @@ def discover_nodes(grid: Grid, num_clients: int, timeout: float) -> dict[int, in
     return mapping
 
 
-def run_on_flower(setup: RunSetup, writer: RunWriter, control: RunControl) -> ArrayRecord:
-    """The same scenario through Flower's own ``run_simulation`` (for parity checks)."""
-    from fedsim.engine.ray_runtime import flower_ray_environment
+def flower_simulation_runtime(
+    server_app: Any, client_app: ClientApp, num_supernodes: int, client_resources: dict[str, float]
+) -> None:
+    """Flower's simulation runtime on a ServerApp and a ClientApp, in this process.
 
-    with flower_ray_environment(setup.scenario.source):  # before Flower imports ray
-        from flwr.serverapp import ServerApp
-        from flwr.simulation import run_simulation
+    It is the function Flower's own ``flwr-simulation`` process runs for ``flwr run``
+    (``flwr.simulation.run_simulation._run_simulation``), given the apps as objects;
+    Flower 1.41 deprecates its public wrapper ``run_simulation``, not this runtime.
+    Ray is started by Flower (inside :func:`fedsim.engine.ray_runtime.flower_ray_environment`).
+    """
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
 
-        pickle_plugins_for_ray()
-        return _flower_simulation(setup, writer, control, ServerApp, run_simulation)
-
-
-def _flower_simulation(
-    setup: RunSetup,
-    writer: RunWriter,
-    control: RunControl,
-    server_app: Any,
-    run_simulation: Callable[..., None],
-) -> ArrayRecord:
-    from fedsim.engine.ray_runtime import check_running_ray
-
-    scenario = setup.scenario
-    outcome: dict[str, Any] = {}
-    app = server_app()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        try:
-            mapping = discover_nodes(grid, scenario.data.num_clients, scenario.engine.timeout)
-            # Flower starts Ray in another thread: once nodes answered, it is up.
-            check_running_ray(scenario.source, scenario.engine.allow_unauthenticated_cluster)
-            outcome["arrays"] = run_session(setup, grid, mapping, writer, control)
-        except BaseException as error:  # re-raised in the caller's thread
-            outcome["error"] = error
-
-    resources: dict[str, Any] = {"num_cpus": scenario.engine.num_cpus_per_client}
-    if scenario.engine.num_gpus_per_client:
-        resources["num_gpus"] = scenario.engine.num_gpus_per_client
-    run_simulation(
-        server_app=app,
-        client_app=setup.app,
-        num_supernodes=scenario.data.num_clients,
+    _run_simulation(
+        num_supernodes=num_supernodes,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
         backend_config={
-            "client_resources": resources,
+            "client_resources": dict(client_resources),
             # Never RAY_ADDRESS's cluster by accident; no dashboard.
             "init_args": {"logging_level": "ERROR", "address": "local", "include_dashboard": False},
         },
     )
+
+
+def run_on_flower(setup: RunSetup, writer: RunWriter, control: RunControl) -> ArrayRecord:
+    """The same scenario through Flower's own simulation runtime (for parity checks)."""
+    from fedsim.engine.ray_runtime import check_running_ray, flower_ray_environment
+
+    scenario = setup.scenario
+    outcome: dict[str, Any] = {}
+    with flower_ray_environment(scenario.source):  # before Flower imports ray
+        from flwr.serverapp import ServerApp
+
+        pickle_plugins_for_ray()
+        app = ServerApp()
+
+        @app.main()
+        def main(grid: Grid, context: Context) -> None:
+            try:
+                mapping = discover_nodes(grid, scenario.data.num_clients, scenario.engine.timeout)
+                # Flower starts Ray in another thread: once nodes answered, it is up.
+                check_running_ray(scenario.source, scenario.engine.allow_unauthenticated_cluster)
+                outcome["arrays"] = run_session(setup, grid, mapping, writer, control)
+            except BaseException as error:  # re-raised in the caller's thread
+                outcome["error"] = error
+
+        resources = {"num_cpus": scenario.engine.num_cpus_per_client}
+        if scenario.engine.num_gpus_per_client:
+            resources["num_gpus"] = scenario.engine.num_gpus_per_client
+        flower_simulation_runtime(app, setup.app, scenario.data.num_clients, resources)
     if "error" in outcome:
         raise outcome["error"]
     if "arrays" not in outcome:
-        raise RuntimeError("Flower's run_simulation ended without running the scenario")
+        raise RuntimeError("Flower's simulation runtime ended without running the scenario")
     arrays: ArrayRecord = outcome["arrays"]
     return arrays
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,7 @@ class LoopSettings:
     train_config: dict[str, Any]
     max_failures: int | None = None
     max_failure_fraction: float | None = None
+    evaluate_config: dict[str, Any] = field(default_factory=dict)
 
 
 def _finite(arrays: ArrayRecord) -> bool:
@@ -177,7 +178,9 @@ def run_rounds(
             rnd % settings.evaluate_every == 0 or rnd == settings.rounds
         )
         if evaluate_now and settings.federated:
-            evaluation = strategy.configure_evaluate(rnd, arrays, ConfigRecord(), grid)
+            evaluation = strategy.configure_evaluate(
+                rnd, arrays, ConfigRecord(settings.evaluate_config), grid
+            )
             evaluation_replies = list(grid.send_and_receive(evaluation, timeout=settings.timeout))
             for reply in evaluation_replies:
                 if reply.has_error():
