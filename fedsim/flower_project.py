@@ -277,13 +277,9 @@ def _num_supernodes(fedsim: dict[str, Any], flwr: dict[str, Any], file: Path) ->
     data = fedsim.get("data")
     if isinstance(data, dict) and "num_clients" in data:
         return _count(data["num_clients"], file, "tool.fedsim.data.num_clients")
-    federations = flwr.get("federations")
-    if isinstance(federations, dict) and isinstance(federations.get("default"), str):
-        chosen = federations.get(federations["default"])
-        options = chosen.get("options") if isinstance(chosen, dict) else None
-        if isinstance(options, dict) and "num-supernodes" in options:
-            key = f"tool.flwr.federations.{federations['default']}.options.num-supernodes"
-            return _count(options["num-supernodes"], file, key)
+    found = _default_num_supernodes(flwr.get("federations"), file, "tool.flwr.federations")
+    if found is not None:
+        return found
     from flwr.supercore.constant import DEFAULT_SIMULATION_CONFIG
     from flwr.supercore.utils import get_flwr_home
 
@@ -293,13 +289,22 @@ def _num_supernodes(fedsim: dict[str, Any], flwr: dict[str, Any], file: Path) ->
             superlink = tomllib.loads(home_config.read_text(encoding="utf-8")).get("superlink")
         except (tomllib.TOMLDecodeError, UnicodeDecodeError):
             superlink = None  # Flower's own CLI reports a broken config file
-        if isinstance(superlink, dict) and isinstance(superlink.get("default"), str):
-            connection = superlink.get(superlink["default"])
-            options = connection.get("options") if isinstance(connection, dict) else None
-            if isinstance(options, dict) and "num-supernodes" in options:
-                key = f"superlink.{superlink['default']}.options.num-supernodes"
-                return _count(options["num-supernodes"], home_config, key)
+        found = _default_num_supernodes(superlink, home_config, "superlink")
+        if found is not None:
+            return found
     return int(DEFAULT_SIMULATION_CONFIG.num_supernodes)
+
+
+def _default_num_supernodes(table: Any, file: Path, prefix: str) -> int | None:
+    """``options.num-supernodes`` of the entry that ``table``'s ``default`` names, if set."""
+    if not isinstance(table, dict) or not isinstance(table.get("default"), str):
+        return None
+    chosen = table.get(table["default"])
+    options = chosen.get("options") if isinstance(chosen, dict) else None
+    if not isinstance(options, dict) or "num-supernodes" not in options:
+        return None
+    key = f"{prefix}.{table['default']}.options.num-supernodes"
+    return _count(options["num-supernodes"], file, key)
 
 
 def _count(value: Any, file: Path, key: str) -> int:

@@ -168,7 +168,9 @@ def final_model(path: Path) -> dict[str, np.ndarray]:
         return {name: loaded[name] for name in loaded.files}
 
 
-def test_flower_project_is_read_as_flwr_run_reads_it(tmp_path: Path) -> None:
+def test_flower_project_is_read_as_flwr_run_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project = write_app(tmp_path, "readapp")
     read = read_project(project, run_config=["lr=0.5 num-server-rounds=4"])
     assert read.serverapp == "readapp.server_app:app"
@@ -186,6 +188,17 @@ def test_flower_project_is_read_as_flwr_run_reads_it(tmp_path: Path) -> None:
     overlay.write_text("seed = 5\n[data]\nnum_clients = 6\n")
     with_overlay = read_project(project, overlay=overlay)
     assert with_overlay.num_supernodes == 6 and with_overlay.fedsim["seed"] == 5
+    # Without federations in the project: Flower 1.41's $FLWR_HOME/config.toml, then 2
+    text = (project / "pyproject.toml").read_text()
+    (project / "pyproject.toml").write_text(text[: text.index("[tool.flwr.federations]")])
+    home = tmp_path / "flwr-home"
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    assert read_project(project).num_supernodes == 2
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n[superlink.local]\noptions.num-supernodes = 5\n'
+    )
+    assert read_project(project).num_supernodes == 5
 
 
 def test_flower_app_runs_inline_with_its_metrics_in_fedsims_tables(tmp_path: Path) -> None:
