@@ -238,7 +238,11 @@ def test_participation_from_tool_fedsim_limits_each_rounds_nodes(tmp_path: Path)
     extra = '\n[tool.fedsim]\nseed = 3\n[tool.fedsim.participation]\npattern = "uniform"\n'
     extra += "clients_per_round = 2\n"
     project = write_app(tmp_path, "uniformapp", extra)
-    run = fedsim.run_app(project, out=tmp_path / "run", engine="inline")
+    done = run_cli("run", str(project), "--engine", "inline", "--out", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "results: run"
+    run = fedsim.load_run(tmp_path / "run")
+    assert run.summary is not None and run.summary["rounds"] == 3
     participation = run.participation
     per_round = participation.groupby("round")
     assert per_round["available"].sum().tolist() == [2, 2, 2]
