@@ -27,7 +27,8 @@ RUN_DIR`` would, when a tracker that takes images is on) and the final summary.
   history; ``WANDB_MODE`` and ``WANDB_PROJECT`` (default ``fedsim``) when set.
 
 A tracker that cannot start (its library missing, say) is one warning line; the
-run goes on.
+run goes on. A run that stops early ends its tracker runs as failed (an error) or
+killed (interrupted; ``fedsim resume`` continues in a new tracker run).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class Tracker(Protocol):
     def figures(self, step: int, figures: Mapping[str, Path], report: Path) -> None: ...
 
     def finish(self, summary: Mapping[str, Any]) -> None: ...
+
+    def stop(self, status: str) -> None:
+        """End early: ``FAILED`` (the run raised) or ``KILLED`` (interrupted)."""
 
 
 def flat_params(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -167,6 +171,11 @@ class Trackers:
                         self._call(name, tracker, "figures", step, report.figures, report.directory)
         self._each("finish", summary)
 
+    def stop(self, status: str) -> None:
+        """End the trackers' runs of a run that stopped early (``FAILED``, ``KILLED``)."""
+        self._each("stop", status)
+        self.active.clear()
+
     def _each(self, method: str, *args: Any) -> None:
         for name, tracker in list(self.active.items()):
             self._call(name, tracker, method, *args)
@@ -218,6 +227,9 @@ class JsonlTracker:
 
     def figures(self, step: int, figures: Mapping[str, Path], report: Path) -> None:
         pass
+
+    def stop(self, status: str) -> None:
+        self._file.close()
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         self._file.close()
@@ -362,6 +374,9 @@ class TensorBoardTracker:
         self.log(rounds, final)
         self._file.close()
 
+    def stop(self, status: str) -> None:
+        self._file.close()
+
 
 def _read_varint(data: bytes, at: int) -> tuple[int, int]:
     shift = value = 0
@@ -493,6 +508,9 @@ class MlflowTracker:
         self._metrics(int(summary.get("rounds", 0) or 0), final)
         self._client.set_terminated(self._run_id)
 
+    def stop(self, status: str) -> None:
+        self._client.set_terminated(self._run_id, status)
+
 
 class WandbTracker:
     """A Weights & Biases run, offline in ``logs/wandb`` unless ``WANDB_MODE`` says
@@ -530,3 +548,6 @@ class WandbTracker:
     def finish(self, summary: Mapping[str, Any]) -> None:
         self._run.summary.update({f"summary/{k}": v for k, v in summary.items()})
         self._run.finish()
+
+    def stop(self, status: str) -> None:
+        self._run.finish(exit_code=1)

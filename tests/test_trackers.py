@@ -19,6 +19,7 @@ import tomli_w
 
 import fedsim
 from fedsim.trackers import MlflowTracker, Trackers
+from tests.helpers import Crash, crash_after
 
 SCENARIO = {
     "name": "tiny",
@@ -208,3 +209,38 @@ def test_a_report_that_fails_is_one_warning(tmp_path: Path) -> None:
     assert set(trackers.active) == {"tensorboard", "jsonl"}
     logs = tmp_path / "not-a-run" / "logs"
     assert json.loads((logs / "summary.json").read_text())["final_accuracy"] == 0.5
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_ends_its_tracker_runs_as_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    for name, value in quiet_env(tmp_path / "wandb-home").items():
+        monkeypatch.setenv(name, value)
+    for name in TRACKER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    store = (tmp_path / "mlruns").as_uri()  # a plain-file store: no migrations to wait for
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    raw = {**SCENARIO, "log": {"trackers": ["mlflow", "wandb"]}}
+    with pytest.raises(Crash):
+        fedsim.run(
+            fedsim.Scenario.from_dict(raw), out=tmp_path / "run", on_round_end=crash_after(1)
+        )
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("fedsim")
+    assert experiment is not None
+    (logged,) = client.search_runs([experiment.experiment_id])
+    assert logged.info.status == "FAILED"
+    steps = client.get_metric_history(logged.info.run_id, "central/accuracy")
+    assert sorted(m.step for m in steps) == [0, 1]
+
+    records = wandb_records(tmp_path / "run")
+    assert [r["history"]["step"].get("num", 0) for r in records if r["type"] == "history"] == [
+        0,
+        1,
+    ]
+    assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [1]
