@@ -5,28 +5,37 @@ The parquet tables stay the source of truth; a tracker is a copy for dashboards.
 one on. Each gets, under ``RUN_DIR/logs/``: the resolved scenario as flat
 hyperparameters at the start; after every round the server-side metrics of the
 round as ``PHASE/METRIC`` and the per-client metrics summarised across clients as
-``clients/PHASE/METRIC/{mean,min,max}``, with the round as the step; the final
-summary at the end.
+``clients/PHASE/METRIC/{mean,min,max}``, with the round as the step; at the end
+the report's figures (the run writes ``RUN_DIR/report``, as ``fedsim report
+RUN_DIR`` would, when a tracker that takes images is on) and the final summary.
 
 - ``jsonl``: ``logs/metrics.jsonl`` (one ``{"step", "metrics"}`` line per round),
-  ``logs/params.json`` and ``logs/summary.json``; no dependency.
-- ``tensorboard``: TensorBoard event files in ``logs/tensorboard/`` (scalars, and
-  the scenario as a text summary). They are written here directly — TFRecord
-  framing with CRC32C and the three protobuf messages encoded by hand — because
-  the ``tensorboard`` package is heavy and optional; ``tensorboard --logdir
-  RUN_DIR/logs`` (``pip install fedsim[tensorboard]``) reads them, and
+  ``logs/params.json`` and ``logs/summary.json``; no dependency, no figures.
+- ``tensorboard``: TensorBoard event files in ``logs/tensorboard/`` (scalars, the
+  scenario as a text summary, the figures as images). They are written here
+  directly — TFRecord framing with CRC32C and the protobuf messages encoded by
+  hand — because the ``tensorboard`` package is heavy and optional; ``tensorboard
+  --logdir RUN_DIR/logs`` (``pip install fedsim[tensorboard]``) reads them, and
   :func:`read_tensorboard_scalars` reads the scalars back without it.
-- ``mlflow``: a local file store in ``logs/mlruns`` (``pip install fedsim[mlflow]``).
-- ``wandb``: offline mode in ``logs/wandb`` (``pip install fedsim[wandb]``).
+- ``mlflow``: an MLflow run (``pip install fedsim[mlflow]``) in a local SQLite
+  store, ``logs/mlflow.db``, with the report as artifacts in ``logs/mlartifacts``
+  (MLflow 3 keeps its plain-file store in maintenance mode behind an opt-in, and
+  names SQLite the local default); ``MLFLOW_TRACKING_URI`` (a shared store for a
+  sweep, or a server) and ``MLFLOW_EXPERIMENT_NAME`` (default ``fedsim``) when set.
+- ``wandb``: a W&B run in offline mode in ``logs/wandb`` (``pip install
+  fedsim[wandb]``; ``wandb sync`` uploads it later), the figures as images in its
+  history; ``WANDB_MODE`` and ``WANDB_PROJECT`` (default ``fedsim``) when set.
 
 A tracker that cannot start (its library missing, say) is one warning line; the
-run goes on. Report figures are not sent as artifacts yet.
+run goes on. A run that stops early ends its tracker runs as failed (an error) or
+killed (interrupted; ``fedsim resume`` continues in a new tracker run).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import struct
 import time
@@ -39,13 +48,24 @@ LOGS_DIR = "logs"
 
 
 class Tracker(Protocol):
-    """What a sink implements; :class:`Trackers` calls it and catches its failures."""
+    """What a sink implements; :class:`Trackers` calls it and catches its failures.
+
+    ``figures`` gets the report's PNG files by name and the report directory, once,
+    before ``finish``, and only from a tracker whose ``takes_figures`` is true.
+    """
+
+    takes_figures: bool
 
     def start(self, params: Mapping[str, Any]) -> None: ...
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None: ...
 
+    def figures(self, step: int, figures: Mapping[str, Path], report: Path) -> None: ...
+
     def finish(self, summary: Mapping[str, Any]) -> None: ...
+
+    def stop(self, status: str) -> None:
+        """End early: ``FAILED`` (the run raised) or ``KILLED`` (interrupted)."""
 
 
 def flat_params(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -102,7 +122,8 @@ class Trackers:
     def __init__(self, names: Sequence[str], run_dir: Path, raw: Mapping[str, Any]) -> None:
         self.active: dict[str, Tracker] = {}
         self._cursor = 0
-        logs = Path(run_dir) / LOGS_DIR
+        self.run_dir = Path(run_dir)
+        logs = self.run_dir / LOGS_DIR
         params = flat_params(raw)
         for name in names:
             try:
@@ -127,15 +148,44 @@ class Trackers:
             self._each("log", step, metrics)
 
     def finish(self, summary: Mapping[str, Any]) -> None:
+        """Send the report's figures to the trackers that take them, then the summary.
+
+        The run's files are complete here: the report is the one ``fedsim report
+        RUN_DIR`` writes, in the same place. A report that fails is one warning.
+        """
+        step = int(summary.get("rounds", 0) or 0)
+        if any(tracker.takes_figures for tracker in self.active.values()):
+            try:
+                from fedsim.analysis.report import write_report
+
+                report = write_report(self.run_dir)
+            except Exception as error:
+                warnings.warn(
+                    f"trackers: the report's figures not sent: {type(error).__name__}: {error}",
+                    RuntimeWarning,
+                    2,
+                )
+            else:
+                for name, tracker in list(self.active.items()):
+                    if tracker.takes_figures:
+                        self._call(name, tracker, "figures", step, report.figures, report.directory)
         self._each("finish", summary)
+
+    def stop(self, status: str) -> None:
+        """End the trackers' runs of a run that stopped early (``FAILED``, ``KILLED``)."""
+        self._each("stop", status)
+        self.active.clear()
 
     def _each(self, method: str, *args: Any) -> None:
         for name, tracker in list(self.active.items()):
-            try:
-                getattr(tracker, method)(*args)
-            except Exception as error:
-                _warn(name, "stopped", error)
-                del self.active[name]
+            self._call(name, tracker, method, *args)
+
+    def _call(self, name: str, tracker: Tracker, method: str, *args: Any) -> None:
+        try:
+            getattr(tracker, method)(*args)
+        except Exception as error:
+            _warn(name, "stopped", error)
+            del self.active[name]
 
 
 def _warn(name: str, what: str, error: BaseException) -> None:
@@ -152,7 +202,7 @@ def make_tracker(name: str, logs: Path, run_name: str) -> Tracker:
     if name == "tensorboard":
         return TensorBoardTracker(logs / "tensorboard")
     if name == "mlflow":
-        return MlflowTracker(logs / "mlruns", run_name)
+        return MlflowTracker(logs, run_name)
     if name == "wandb":
         return WandbTracker(logs, run_name)
     raise ValueError(f"unknown tracker {name!r}")
@@ -160,6 +210,8 @@ def make_tracker(name: str, logs: Path, run_name: str) -> Tracker:
 
 class JsonlTracker:
     """``metrics.jsonl``, ``params.json`` and ``summary.json`` under ``logs``."""
+
+    takes_figures = False
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
@@ -172,6 +224,12 @@ class JsonlTracker:
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self._file.write(json.dumps({"step": step, "metrics": dict(metrics)}) + "\n")
         self._file.flush()
+
+    def figures(self, step: int, figures: Mapping[str, Path], report: Path) -> None:
+        pass
+
+    def stop(self, status: str) -> None:
+        self._file.close()
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         self._file.close()
@@ -251,8 +309,27 @@ def _text_value(tag: str, text: str) -> bytes:
     return _field(1, _field(1, tag.encode()) + _field(8, tensor) + _field(9, plugin))
 
 
+def _image_value(tag: str, png: bytes) -> bytes:
+    """``Summary.value``: an image (``Summary.Image``: height, width, colorspace, PNG)."""
+    width, height = struct.unpack(">II", png[16:24])  # the PNG's IHDR chunk
+    colorspace = {0: 1, 2: 3, 4: 2, 6: 4}.get(png[25], 4)  # PNG colour type → channels
+    image = (
+        b"\x08"
+        + _varint(height)
+        + b"\x10"
+        + _varint(width)
+        + b"\x18"
+        + _varint(colorspace)
+        + _field(4, png)
+    )
+    return _field(1, _field(1, tag.encode()) + _field(4, image))
+
+
 class TensorBoardTracker:
-    """Scalars and the scenario text as one TensorBoard event file in ``directory``."""
+    """Scalars, the scenario text and the report's figures as one TensorBoard event file
+    in ``directory``."""
+
+    takes_figures = True
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -283,6 +360,10 @@ class TensorBoardTracker:
         )
         self._write(_event(step, values=values))
 
+    def figures(self, step: int, figures: Mapping[str, Path], report: Path) -> None:
+        for name, path in figures.items():
+            self._write(_event(step, values=_image_value(f"report/{name}", path.read_bytes())))
+
     def finish(self, summary: Mapping[str, Any]) -> None:
         rounds = int(summary.get("rounds", 0) or 0)
         final = {
@@ -291,6 +372,9 @@ class TensorBoardTracker:
             if isinstance(value, int | float) and not isinstance(value, bool)
         }
         self.log(rounds, final)
+        self._file.close()
+
+    def stop(self, status: str) -> None:
         self._file.close()
 
 
@@ -366,40 +450,73 @@ def read_tensorboard_scalars(path: str | Path) -> list[tuple[int, str, float]]:
 
 
 class MlflowTracker:
-    """MLflow with a local file store (``logs/mlruns``); needs ``mlflow``."""
+    """An MLflow run: in ``logs/mlflow.db`` (SQLite) with artifacts in
+    ``logs/mlartifacts``, or in ``MLFLOW_TRACKING_URI`` when set; needs ``mlflow``."""
 
-    def __init__(self, store: Path, run_name: str) -> None:
-        self.store = store
+    takes_figures = True
+
+    def __init__(self, logs: Path, run_name: str) -> None:
+        self.logs = logs
         self.run_name = run_name
 
     def start(self, params: Mapping[str, Any]) -> None:
         import mlflow  # optional: pip install fedsim[mlflow]
+        from mlflow.entities import Param
 
-        self.store.mkdir(parents=True, exist_ok=True)
-        self._client = mlflow.MlflowClient(tracking_uri=self.store.resolve().as_uri())
-        experiment = self._client.get_experiment_by_name("fedsim")
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else self._client.create_experiment("fedsim")
-        )
-        self._run = self._client.create_run(experiment_id, run_name=self.run_name)
-        for key, value in params.items():
-            self._client.log_param(self._run.info.run_id, key, str(value)[:500])
+        uri, artifacts = os.environ.get("MLFLOW_TRACKING_URI"), None
+        if not uri:
+            self.logs.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{(self.logs / 'mlflow.db').resolve()}"
+            artifacts = (self.logs / "mlartifacts").resolve().as_uri()
+        self._client = mlflow.MlflowClient(tracking_uri=uri)
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "fedsim"
+        experiment = self._client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                experiment_id = self._client.create_experiment(name, artifacts)
+            except Exception:  # another run of a sweep created it in the meantime
+                experiment = self._client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        self._run_id = self._client.create_run(experiment_id, run_name=self.run_name).info.run_id
+        items = [Param(key, str(value)[:500]) for key, value in params.items()]
+        for at in range(0, len(items), 100):  # MLflow takes 100 parameters a batch
+            self._client.log_batch(self._run_id, params=items[at : at + 100])
+
+    def _metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        for at in range(0, len(items), 1000):  # and 1000 metrics
+            self._client.log_batch(self._run_id, metrics=items[at : at + 1000])
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        for key, value in metrics.items():
-            self._client.log_metric(self._run.info.run_id, key, value, step=step)
+        self._metrics(step, metrics)
+
+    def figures(self, step: int, figures: Mapping[str, Path], report: Path) -> None:
+        self._client.log_artifacts(self._run_id, str(report), "report")
 
     def finish(self, summary: Mapping[str, Any]) -> None:
-        for key, value in summary.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                self._client.log_metric(self._run.info.run_id, f"summary/{key}", float(value))
-        self._client.set_terminated(self._run.info.run_id)
+        final = {
+            f"summary/{key}": float(value)
+            for key, value in summary.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        self._metrics(int(summary.get("rounds", 0) or 0), final)
+        self._client.set_terminated(self._run_id)
+
+    def stop(self, status: str) -> None:
+        self._client.set_terminated(self._run_id, status)
 
 
 class WandbTracker:
-    """Weights & Biases in offline mode (``logs/wandb``; ``wandb sync`` uploads it)."""
+    """A Weights & Biases run, offline in ``logs/wandb`` unless ``WANDB_MODE`` says
+    otherwise (``wandb sync`` uploads it); needs ``wandb``."""
+
+    takes_figures = True
 
     def __init__(self, logs: Path, run_name: str) -> None:
         self.logs = logs
@@ -409,13 +526,28 @@ class WandbTracker:
         import wandb  # optional: pip install fedsim[wandb]
 
         self.logs.mkdir(parents=True, exist_ok=True)
+        mode: Any = os.environ.get("WANDB_MODE") or "offline"
         self._run = wandb.init(
-            mode="offline", dir=str(self.logs), name=self.run_name, config=dict(params)
+            mode=mode,
+            project=os.environ.get("WANDB_PROJECT") or "fedsim",
+            dir=str(self.logs),
+            name=self.run_name,
+            config=dict(params),
+            reinit="create_new",  # never the script's own run, nor a previous one
         )
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self._run.log(dict(metrics), step=step)
 
+    def figures(self, step: int, figures: Mapping[str, Path], report: Path) -> None:
+        import wandb
+
+        images = {f"report/{name}": wandb.Image(str(path)) for name, path in figures.items()}
+        self._run.log(images, step=step)
+
     def finish(self, summary: Mapping[str, Any]) -> None:
         self._run.summary.update({f"summary/{k}": v for k, v in summary.items()})
         self._run.finish()
+
+    def stop(self, status: str) -> None:
+        self._run.finish(exit_code=1)

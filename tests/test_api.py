@@ -164,15 +164,6 @@ def test_trackers_write_files_their_readers_read(tmp_path: Path) -> None:
     np.testing.assert_allclose([e.value for e in events], central.to_numpy(), rtol=1e-6)
 
 
-def test_a_missing_tracker_library_is_one_warning(tmp_path: Path) -> None:
-    if importlib.util.find_spec("mlflow") is not None:
-        pytest.skip("mlflow is installed here")
-    raw = {**tiny(), "rounds": 1, "log": {"trackers": "mlflow"}}
-    with pytest.warns(RuntimeWarning, match=r"tracker mlflow not started: .*fedsim\[mlflow\]"):
-        run = fedsim.run(fedsim.Scenario.from_dict(raw), out=tmp_path / "run")
-    assert run.summary is not None
-
-
 def test_cli_log_flag(tmp_path: Path) -> None:
     path = tmp_path / "tiny.toml"
     path.write_text(tomli_w.dumps({**tiny(), "rounds": 1}))

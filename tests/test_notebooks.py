@@ -53,3 +53,39 @@ def test_notebook_runs_top_to_bottom(
     assert f"{sweep}: {6 if name == 'fedau_patterns' else 4} runs" in text, text
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(figures) >= 2, f"{name} drew {len(figures)} figures"
+
+
+SMALL_SWEEP = """
+import fedsim
+_sweep = fedsim.sweep
+def _small(scenario, **options):  # the notebook's own sweep call, as two tiny runs
+    options.update(seeds=[1], overrides={"rounds": 2, "engine.kind": "inline",
+                   "data.num_clients": 4, "participation.clients_per_round": 2})
+    return _sweep(scenario, **options)
+fedsim.sweep = _small
+"""
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_makes_its_sweep_with_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the sweep directory the quick-start notebook runs the sweep itself
+    (``fedsim.sweep``, made small here), then reads it like any other."""
+    sweep = tmp_path / "missing"
+    monkeypatch.setenv("FEDSIM_RUNS", str(sweep))
+    notebook = nbformat.read(ANALYSIS / "quickstart.ipynb", as_version=4)
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(SMALL_SWEEP))
+    NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(ANALYSIS)}},
+    ).execute()
+    outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert f"{sweep}: 2 runs, configurations differ in ['strategy.name']" in text, text
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
+        "strategy.name=fedau,seed=1",
+        "strategy.name=fedavg,seed=1",
+    ]

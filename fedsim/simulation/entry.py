@@ -121,7 +121,8 @@ def _execute(
 
     A run that stops on an error still flushes its results so far, with the
     error as a ``run_stopped`` event. The scenario's trackers ([log] trackers) get
-    the rows of every round as it ends, and the summary.
+    the rows of every round as it ends, and the summary; a run that stops early ends
+    their runs as failed (an error) or killed (interrupted, resumable).
     """
     trackers = None
     if scenario.trackers:
@@ -145,11 +146,17 @@ def _execute(
             writer.devices(setup.system.profiles.to_frame())
         arrays = ENGINES[scenario.engine.kind](setup, writer, control)
     except RunInterrupted:
+        if trackers is not None:
+            trackers.update(writer.metric_rows)
+            trackers.stop("KILLED")
         raise
     except BaseException as error:
         reason = f"{type(error).__name__}: {error}"
         writer.event(writer.last_round(), EVENT_RUN_STOPPED, reason=reason)
         writer.flush()
+        if trackers is not None:
+            trackers.update(writer.metric_rows)
+            trackers.stop("FAILED")
         raise
     writer.final_model({name: arrays[name].numpy() for name in arrays})
     summary = {
