@@ -25,11 +25,10 @@ from fedsim import __version__, keys
 from fedsim.client.app import WHOAMI, HookedClientApp
 from fedsim.config import Scenario
 from fedsim.data.store import ClientDataStore
+from fedsim.deployment.run_config import DeploymentOptions, deployment_scenario
 from fedsim.errors import FedsimError
 from fedsim.results import CLIENT_DATA_DIR
 from fedsim.simulation.setup import build_run
-
-from fedsim.deployment.run_config import DeploymentOptions, deployment_scenario
 
 NODE_CONFIG_HINT = "flower-supernode --node-config 'partition-id=K num-partitions=N'"
 

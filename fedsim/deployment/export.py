@@ -22,14 +22,13 @@ import tomli_w
 from flwr.common.config import flatten_dict
 
 from fedsim.config import Scenario
-from fedsim.errors import FedsimError, ScenarioError
-from fedsim.simulation.setup import validate
-
 from fedsim.deployment.run_config import (
     DeploymentOptions,
     deployment_scenario,
     to_run_config,
 )
+from fedsim.errors import FedsimError, ScenarioError
+from fedsim.simulation.setup import validate
 
 PACKAGE = "fedsim_app"
 SERVER_MODULE = "server_app"
@@ -41,7 +40,8 @@ DEFAULT_SUPERLINK = "127.0.0.1:9093"
 FLOWER_REQUIREMENT = "flwr[simulation]>=1.41,<1.42"
 MAX_NAME_LENGTH = 40
 
-SERVER_APP = '''"""ServerApp of the exported fedsim scenario {name!r}: fedsim's session on Flower's grid."""
+SERVER_APP = '''"""ServerApp of the exported fedsim scenario {name!r}: fedsim's session on
+Flower's grid."""
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -57,8 +57,8 @@ def main(grid: Grid, context: Context) -> None:
     run_on_grid(grid, context)
 '''
 
-CLIENT_APP = '''"""ClientApp of the exported fedsim scenario {name!r}: fedsim's ClientApp, serving the
-partition named by the SuperNode's node_config ("partition-id", "num-partitions")."""
+CLIENT_APP = '''"""ClientApp of the exported fedsim scenario {name!r}: fedsim's ClientApp,
+serving the partition named by the SuperNode's node_config ("partition-id", "num-partitions")."""
 
 from fedsim.deployment.client import DeploymentClientApp
 

@@ -168,7 +168,6 @@ def _options(given: Mapping[str, Any], source: str) -> DeploymentOptions:
     )
 
 
-
 def deployment_scenario(
     run_config: Mapping[str, Any], source: str = SOURCE
 ) -> tuple[Scenario, DeploymentOptions]:

@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from fedsim.deployment.run_config import SOURCE, DeploymentOptions, deployment_scenario
 from fedsim.errors import FedsimError, ScenarioError
 from fedsim.results import RunWriter
 from fedsim.simulation.api import default_run_dir
@@ -32,8 +33,6 @@ from fedsim.simulation.launch import Launcher, discover_nodes
 from fedsim.simulation.session import RunControl, run_session
 from fedsim.simulation.setup import RunSetup
 from fedsim.strategies import declared_parameters
-
-from fedsim.deployment.run_config import SOURCE, DeploymentOptions, deployment_scenario
 
 
 class ConnectedClients:
