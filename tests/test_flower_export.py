@@ -215,6 +215,12 @@ def test_the_server_app_refuses_what_a_deployment_lacks(tmp_path: Path) -> None:
         run_on_grid(grid, three)
     assert "fedsim.node-timeout" in str(missing.value) and "\n" not in str(missing.value)
 
+    two = deployment_context(tmp_path, fedau_scenario())
+    grid = InlineGrid(DeploymentClientApp(), num_clients=3, run_config=two.run_config)
+    with pytest.raises(FedsimError, match=r"num-partitions: expected 2 .* got 3") as counted:
+        run_on_grid(grid, two)
+    assert "\n" not in str(counted.value)
+
     timed = deployment_context(tmp_path, fedau_scenario(system={"devices": "uniform"}))
     with pytest.raises(FedsimError, match=r"\[tool.flwr.app.config\]: system"):
         run_on_grid(grid, timed)

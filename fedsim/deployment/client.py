@@ -91,7 +91,10 @@ class DeploymentClientApp(ClientApp):
 
     def __call__(self, message: Message, context: Context) -> Message:
         if message.metadata.message_type == WHOAMI:
-            node_partition(context.node_config)
+            num_clients = context.run_config.get("data.num_clients")
+            node_partition(
+                context.node_config, num_clients if isinstance(num_clients, int) else None
+            )
             return self._whoami(message, context)
         return self.app_for(context)(message, context)
 

@@ -63,9 +63,9 @@ def connect_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, i
         mapping = discover_nodes(grid, num_clients, timeout)
     except RuntimeError as error:
         raise FedsimError(
-            f"{SOURCE}: data.num_clients: expected {num_clients} SuperNodes, one per "
-            f"partition-id 0..{num_clients - 1} ({error} within fedsim.node-timeout = "
-            f"{timeout:g} s)"
+            f"{SOURCE}: data.num_clients: expected {num_clients} SuperNodes answering with "
+            f"their partition-id 0..{num_clients - 1} within fedsim.node-timeout = "
+            f"{timeout:g} s ({str(error).splitlines()[0]})"
         ) from error
     if sorted(mapping) != list(range(num_clients)):
         raise FedsimError(
