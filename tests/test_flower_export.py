@@ -146,7 +146,7 @@ def test_exported_apps_on_fedsims_grid_train_the_simulated_model(tmp_path: Path)
     )
     run_dir = run_on_grid(grid, context)
     assert fedsim.load_run(run_dir).summary["rounds"] == 2
-    assert sorted(p.name for p in (tmp_path / "node-data" / "fedsim-flower").iterdir())[0].endswith(
+    assert sorted(p.name for p in (tmp_path / "node-data" / "fedsim-data").iterdir())[0].endswith(
         "-p0"
     )
     expected = simulated_model(tmp_path, scenario)
@@ -336,7 +336,10 @@ def flower(tmp_path: Path) -> Iterator[Processes]:
 def flwr_run(flower: Processes, directory: Path, connection: str, *extra: str) -> Path:
     """``flwr run`` the app on ``connection``; returns the run directory it wrote."""
     run_dir = flower.tmp_path / "run"
-    overrides = f'fedsim.out="{run_dir}" fedsim.data-dir="{flower.tmp_path / "node-data"}"'
+    overrides = (
+        f'fedsim.out="{run_dir}" fedsim.data-dir="{flower.tmp_path / "node-data"}" '
+        "fedsim.node-timeout=60"
+    )
     done = flower.flwr(
         "run",
         str(directory),

@@ -5,21 +5,22 @@ num-partitions=N"`` exactly as Flower's simulation engine names its nodes. The
 data are not shipped: fedsim's data sets are generated or packaged, so each
 SuperNode builds the scenario's partition from the run config's scenario and
 seed, the same split the ServerApp and a simulated run of the scenario make, and
-keeps it on disk (``fedsim.data-dir``) for the next message: Flower starts a
-fresh ClientApp process for every message.
+keeps it on disk for the next message, since Flower starts a fresh ClientApp
+process for every message (``fedsim.data-dir``; by default ``$FLWR_HOME/fedsim-data``,
+the SuperNode user's own Flower folder rather than a shared temporary one).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+from flwr.supercore.utils import get_flwr_home
 
 from fedsim import __version__, keys
 from fedsim.client.app import WHOAMI, HookedClientApp
@@ -69,8 +70,8 @@ def data_folder(scenario: Scenario, options: DeploymentOptions, partition: int) 
         "fedsim": __version__,
     }
     digest = hashlib.sha256(json.dumps(split, sort_keys=True).encode()).hexdigest()[:16]
-    root = Path(options.data_dir) if options.data_dir else Path(tempfile.gettempdir())
-    return root / "fedsim-flower" / f"{digest}-p{partition}"
+    root = Path(options.data_dir).expanduser() if options.data_dir else get_flwr_home()
+    return root / "fedsim-data" / f"{digest}-p{partition}"
 
 
 def _stored(folder: Path, num_clients: int) -> ClientDataStore | None:

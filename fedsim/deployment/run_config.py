@@ -42,7 +42,7 @@ class DeploymentOptions:
     any Flower deployment) or ``scenario`` (the scenario's pattern and faults decide,
     emulated over the real nodes). ``base_dir``: where the scenario's relative paths
     resolve (the exported scenario's folder). ``data_dir``: where each SuperNode keeps
-    its data ("": the system's temporary folder). ``node_timeout``: seconds the
+    its data ("": ``$FLWR_HOME/fedsim-data``). ``node_timeout``: seconds the
     ServerApp waits for every SuperNode to connect.
     """
 
