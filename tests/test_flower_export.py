@@ -146,6 +146,8 @@ def test_exported_apps_on_fedsims_grid_train_the_simulated_model(tmp_path: Path)
     )
     run_dir = run_on_grid(grid, context)
     assert fedsim.load_run(run_dir).summary["rounds"] == 2
+    facts = pd.read_parquet(run_dir / "clients.parquet")
+    assert facts["participation_probability"].isna().all()  # a deployment knows no p_n
     assert sorted(p.name for p in (tmp_path / "node-data" / "fedsim-data").iterdir())[0].endswith(
         "-p0"
     )

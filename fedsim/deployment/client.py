@@ -26,7 +26,7 @@ from fedsim import __version__, keys
 from fedsim.client.app import WHOAMI, HookedClientApp
 from fedsim.config import Scenario
 from fedsim.data.store import ClientDataStore
-from fedsim.deployment.run_config import DeploymentOptions, deployment_scenario
+from fedsim.deployment.run_config import SOURCE, DeploymentOptions, deployment_scenario
 from fedsim.errors import FedsimError
 from fedsim.results import CLIENT_DATA_DIR
 from fedsim.simulation.setup import build_run
@@ -106,7 +106,8 @@ class DeploymentClientApp(ClientApp):
             scenario, options = deployment_scenario(context.run_config)
             if scenario.data.dataset is None:
                 raise FedsimError(
-                    "data.dataset: expected a dataset (an exported app runs fedsim's ClientApp)"
+                    f"{SOURCE}: data.dataset: expected a dataset (an exported app runs "
+                    "fedsim's ClientApp)"
                 )
             partition = node_partition(context.node_config, scenario.data.num_clients)
             folder = data_folder(scenario, options, partition)

@@ -99,6 +99,7 @@ def on_grid(grid: Grid, options: DeploymentOptions) -> Launcher:
         mapping = connect_clients(grid, setup.scenario.data.num_clients, options.node_timeout)
         if options.participation == "connected":
             setup = replace(setup, pattern=ConnectedClients(grid, mapping), faults=None)
+            writer.client_facts(setup.client_facts())  # no long-run rates p_n are known
         _check_oracle(setup, mapping)
         return run_session(setup, grid, mapping, writer, control)
 
