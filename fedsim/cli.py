@@ -539,6 +539,28 @@ def report(
         print(f"wrote {file}")
 
 
+@app.command()
+def export(
+    scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.")],
+    directory: Annotated[Path, typer.Argument(help="New (or empty) folder for the Flower app.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a scenario key: --set rounds=3 (repeatable)."),
+    ] = None,
+    superlink: Annotated[
+        str, typer.Option(help="Address of the local-deployment SuperLink connection.")
+    ] = "127.0.0.1:9093",
+) -> None:
+    """Write the scenario as a Flower app project that `flwr run` takes to a federation."""
+    from fedsim.deployment.export import export_scenario
+
+    try:
+        written = export_scenario(scenario, directory, list(set_ or []), superlink=superlink)
+    except FedsimError as error:
+        _fail(error)
+    print(f"wrote the Flower app {written}; how to run it: {written / 'README.md'}")
+
+
 @app.command("list")
 def list_() -> None:
     """Print the strategies, participation patterns, datasets and models fedsim knows."""

@@ -34,7 +34,7 @@ from fedsim.simulation.checkpoint import (
     load_checkpoint,
     remove_checkpoint,
 )
-from fedsim.simulation.launch import ENGINES
+from fedsim.simulation.launch import ENGINES, Launcher
 from fedsim.simulation.session import RunControl, cohort_summary
 from fedsim.simulation.setup import build_run, validate
 
@@ -47,16 +47,19 @@ def run_scenario(
     *,
     on_round_end: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    launcher: Launcher | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run a scenario into ``run_dir``; returns the directory and the summary.
 
     ``stop``: set it (from a signal handler, another thread) to end the run after
     the current round with a checkpoint; :class:`RunInterrupted` is raised then.
+    ``launcher``: where the clients are (default: the scenario's engine); an exported
+    Flower app passes its own, which runs the session on Flower's grid.
     """
     validate(scenario)
     control = RunControl(on_round_end=on_round_end, stop=stop)
     writer = RunWriter(run_dir, scenario.raw)
-    return run_dir, _execute(scenario, run_dir, writer, control, None)
+    return run_dir, _execute(scenario, run_dir, writer, control, None, launcher)
 
 
 def resume_run(
@@ -116,6 +119,7 @@ def _execute(
     writer: RunWriter,
     control: RunControl,
     data: tuple[ClientDataStore, ProxySet | None] | None,
+    launcher: Launcher | None = None,
 ) -> dict[str, Any]:
     """Build, run the rounds, write the final model and the summary.
 
@@ -144,7 +148,7 @@ def _execute(
         writer.client_facts(setup.client_facts())
         if setup.system is not None:
             writer.devices(setup.system.profiles.to_frame())
-        arrays = ENGINES[scenario.engine.kind](setup, writer, control)
+        arrays = (launcher or ENGINES[scenario.engine.kind])(setup, writer, control)
     except RunInterrupted:
         if trackers is not None:
             trackers.update(writer.metric_rows)
