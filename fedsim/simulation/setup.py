@@ -42,6 +42,8 @@ from fedsim.models import build_model
 from fedsim.participation import build_faults, build_pattern
 from fedsim.participation.script import ScriptPattern
 from fedsim.plugins import load_object
+from fedsim.privacy.accounting import Sampling, sampling_of
+from fedsim.privacy.wrapper import PrivateStrategy
 from fedsim.results import CLIENT_DATA_DIR, ClientFacts
 from fedsim.strategies import (
     StrategyInputs,
@@ -107,6 +109,43 @@ class RunSetup:
             participation_probabilities=None
             if probabilities is None
             else {node_of_client[c]: float(p) for c, p in enumerate(probabilities)},
+        )
+
+    def build_strategy(self, inputs: StrategyInputs) -> Any:
+        """The scenario's strategy for ``inputs``, inside the privacy wrapper when the
+        scenario has a ``[privacy]`` table."""
+        strategy = self.strategy.build(inputs, self.scenario.source)
+        privacy = self.scenario.privacy
+        if privacy is None:
+            return strategy
+        train = None if self.store is None else self.store.num_train_examples()
+        try:
+            return PrivateStrategy(
+                strategy,
+                privacy,
+                num_clients=inputs.num_clients,
+                seed=self.scenario.seed,
+                sampling=self.sampling(getattr(strategy, "fraction_train", 1.0)),
+                max_examples=None if train is None else float(np.max(train)),
+            )
+        except ValueError as error:
+            raise ScenarioError(
+                self.scenario.source, "privacy", f"a strategy it can wrap ({error})"
+            ) from None
+
+    def sampling(self, fraction: float) -> Sampling:
+        """How the participation pattern samples clients, as the privacy accountant
+        takes it (local DP: the server sees who sends, so no amplification)."""
+        assert self.scenario.privacy is not None
+        name = str(self.scenario.participation.get("pattern", "always"))
+        if self.scenario.privacy.mode == "local":
+            name = "local-DP"
+        return sampling_of(
+            name,
+            num_clients=self.scenario.data.num_clients,
+            probabilities=getattr(self.pattern, "probabilities", None),
+            fraction=fraction,
+            amplitude=float(getattr(self.pattern, "amplitude", 0.0)),
         )
 
     def client_facts(self) -> ClientFacts:
@@ -467,4 +506,4 @@ def validate(scenario: Scenario) -> None:
     inputs = setup.strategy_inputs(node_of_client, "cpu")
     if inputs.participation_probabilities is None:  # an oracle baseline's stand-in
         inputs = replace(inputs, participation_probabilities=dict.fromkeys(inputs.node_ids, 1.0))
-    setup.strategy.build(inputs, scenario.source)
+    setup.build_strategy(inputs)
