@@ -16,7 +16,9 @@ amplification by sampling, and fedsim knows the pattern:
 - ``markov``, ``cyclic``, ``trace`` and ``script``: whether a client takes part
   depends on the rounds before (or on a file or a program), which is not
   sampling; there is no amplification, and ε is accounted with q = 1. The run
-  says so in its events and summary (:data:`NO_AMPLIFICATION`).
+  says so in its events and summary (:data:`NO_AMPLIFICATION`);
+- local DP (``mode = "local"``): see :mod:`fedsim.privacy.local`; q = 1 and noise
+  multiplier σ/2, stated as :data:`LOCAL`.
 
 Dropouts and deadlines only remove clients after the fact and are ignored,
 which can only overstate ε. ``dp-accounting`` is imported when a run accounts,
@@ -39,6 +41,12 @@ NO_AMPLIFICATION = (
     "no amplification by sampling: the {pattern} pattern does not sample clients "
     "independently each round, so epsilon is accounted as if every client took part "
     "in every round (q = 1)"
+)
+
+LOCAL = (
+    "local DP: each client's report is a Gaussian mechanism on its own clipped update "
+    "(noise multiplier sigma/2 against any other update of norm <= clip_norm); the server "
+    "sees who sends, so there is no amplification by sampling (q = 1)"
 )
 
 
@@ -64,6 +72,7 @@ def sampling_of(
     probabilities: np.ndarray | None,
     fraction: float = 1.0,
     amplitude: float = 0.0,
+    local: bool = False,
 ) -> Sampling:
     """The sampling a pattern gives (``pattern``: the ``[participation]`` name;
     ``probabilities``: its long-run p_n; ``fraction``: the strategy's fraction of the
@@ -76,6 +85,8 @@ def sampling_of(
     [1.0, 1.0]
     """
     fraction = min(max(fraction, 0.0), 1.0)
+    if local:
+        return Sampling(np.ones(num_clients), False, LOCAL)
     if pattern in UNIFORM_PATTERNS and probabilities is not None:
         rate = float(np.max(probabilities)) * fraction  # the same for every client
         return Sampling(

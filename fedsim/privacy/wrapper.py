@@ -15,6 +15,10 @@ checkpoint keeps is the adaptive clip norm and the wrapped strategy's own.
 After each aggregation :attr:`PrivateStrategy.round_metrics` holds the round's
 privacy rows (ε so far, the clip norm and noise std used, the fraction of
 updates that needed no clipping), which the run writes to its metrics table.
+With local DP (:mod:`fedsim.privacy.local`) the clients have privatised their
+updates already: the wrapper leaves the replies alone and only accounts, and it
+wraps decentralised strategies too. Asynchronous strategies are refused in both
+modes (their aggregation does not follow rounds).
 """
 
 from __future__ import annotations
@@ -57,10 +61,13 @@ def resolve_weighting(strategy: Any, weighting: str) -> str:
     return "participants"
 
 
-def unsupported_reason(strategy: Any) -> str | None:
-    """Why ``strategy`` cannot be wrapped (None: it can)."""
+def unsupported_reason(strategy: Any, mode: str = "central") -> str | None:
+    """Why ``strategy`` cannot be wrapped (None: it can); local DP takes any strategy
+    with rounds."""
     if getattr(strategy, "asynchronous", False):
         return "an asynchronous strategy (it aggregates outside rounds)"
+    if mode == "local":
+        return None
     if callable(getattr(strategy, "evaluate_nodes", None)):
         return "a decentralised strategy (there is no single global model to noise)"
     if getattr(strategy, "rule", None) == "known-probability":
@@ -101,7 +108,7 @@ class PrivateStrategy(Strategy):
         sampling: Sampling,
         max_examples: float | None = None,
     ) -> None:
-        reason = unsupported_reason(strategy)
+        reason = unsupported_reason(strategy, config.mode)
         if reason is not None:
             raise ValueError(f"differential privacy cannot wrap {reason}")
         self.strategy = strategy
@@ -112,9 +119,9 @@ class PrivateStrategy(Strategy):
         self.weighting = resolve_weighting(strategy, config.weighting)
         self.clip_norm = config.clip_norm
         self.sampling = sampling
-        self.accountant = Accountant(
-            sampling, config.noise_multiplier, config.delta, config.accountant
-        )
+        # Local DP: each report against any other (sensitivity 2C) has multiplier σ/2.
+        accounted = config.noise_multiplier / (2.0 if config.mode == "local" else 1.0)
+        self.accountant = Accountant(sampling, accounted, config.delta, config.accountant)
         expected = max(1.0, float(sampling.rates.sum()))
         self.count_stddev = config.count_stddev or expected / 20.0  # Andrew et al.'s choice
         self.update_noise_multiplier = (
@@ -147,7 +154,9 @@ class PrivateStrategy(Strategy):
         valid = [reply for reply in replies if not reply.has_error()]
         clip_norm = self.clip_norm
         noise_std, unclipped = 0.0, 0
-        if valid:
+        if self.config.mode == "local":  # the clients privatised their own updates
+            noise_std, unclipped = self.config.noise_multiplier * clip_norm, len(valid)
+        elif valid:
             noise_std, unclipped = self._privatise(server_round, valid)
         if self.config.adaptive:
             count_noise = float(

@@ -43,6 +43,7 @@ from fedsim.participation import build_faults, build_pattern
 from fedsim.participation.script import ScriptPattern
 from fedsim.plugins import load_object
 from fedsim.privacy.accounting import Sampling, sampling_of
+from fedsim.privacy.local import LocalPrivacy
 from fedsim.privacy.wrapper import PrivateStrategy
 from fedsim.results import CLIENT_DATA_DIR, ClientFacts
 from fedsim.strategies import (
@@ -137,11 +138,9 @@ class RunSetup:
         """How the participation pattern samples clients, as the privacy accountant
         takes it (local DP: the server sees who sends, so no amplification)."""
         assert self.scenario.privacy is not None
-        name = str(self.scenario.participation.get("pattern", "always"))
-        if self.scenario.privacy.mode == "local":
-            name = "local-DP"
         return sampling_of(
-            name,
+            str(self.scenario.participation.get("pattern", "always")),
+            local=self.scenario.privacy.mode == "local",
             num_clients=self.scenario.data.num_clients,
             probabilities=getattr(self.pattern, "probabilities", None),
             fraction=fraction,
@@ -476,7 +475,7 @@ def build_run(
     return RunSetup(
         scenario=scenario,
         run_dir=run_dir,
-        app=HookedClientApp(app, scenario.client.config),
+        app=HookedClientApp(app, scenario.client.config, _local_privacy(scenario)),
         initial_arrays=initial,
         model=model,
         store=store,
@@ -487,6 +486,13 @@ def build_run(
         model_factory=model_factory,
         system=system,
     )
+
+
+def _local_privacy(scenario: Scenario) -> LocalPrivacy | None:
+    privacy = scenario.privacy
+    if privacy is None or privacy.mode != "local":
+        return None
+    return LocalPrivacy(privacy.clip_norm, privacy.noise_multiplier, scenario.seed)
 
 
 def validate(scenario: Scenario) -> None:
