@@ -139,14 +139,15 @@ def test_fedau_weights_by_its_own_omega_and_noises_at_the_omega_bound() -> None:
 
 
 def test_adaptive_clipping_moves_the_norm_from_a_noised_count() -> None:
-    # Two updates of norms 5 and 0.5 with C = 1: one within C. σ_b = 1 (count_stddev),
-    # b̃ = (1 + noise)/2, C ← C · exp(−0.2 (b̃ − 0.5)).
+    # Two updates of norms 5 and 0.5 with C = 1: one within C. σ_b = 1 (count_stddev);
+    # all 4 clients expected (pattern "always"): b̃ = (1 − 1 + noise)/4 + 1/2,
+    # C ← C · exp(−0.2 (b̃ − 0.5)).
     wrapped = wrap(
         FedAvg(num_clients=4), 4, clipping="adaptive", count_stddev=1.0, noise_multiplier=0.0
     )
     one_round(wrapped, 1, [0.0, 0.0], {1: ([3.0, 4.0], 1.0), 2: ([0.0, 0.5], 1.0)})
     count_noise = rng(5, "privacy-count", 1).normal(0.0, 1.0)
-    assert wrapped.clip_norm == pytest.approx(1.0 * np.exp(-0.2 * ((1 + count_noise) / 2 - 0.5)))
+    assert wrapped.clip_norm == pytest.approx(np.exp(-0.2 * (count_noise / 4)))
     assert wrapped.round_metrics["clip_norm"] == 1.0  # the norm this round used
     restored = wrap(FedAvg(num_clients=4), 4, clipping="adaptive", count_stddev=1.0)
     restored.load_state_dict(wrapped.state_dict())

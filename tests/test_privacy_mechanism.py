@@ -98,19 +98,47 @@ def test_noise_split_and_the_geometric_clip_update_of_andrew_et_al() -> None:
     assert split_noise_multiplier(0.0, 0.0) == 0.0
     with pytest.raises(ValueError, match="count_stddev"):
         split_noise_multiplier(1.0, 0.4)
-    # 3 of 4 updates within C, γ = 0.5, η = 0.2: C · e^(−0.2 · 0.25).
+    # 3 of 4 updates within C, 4 expected, γ = 0.5, η = 0.2: b̃ = (3 − 2)/4 + 1/2 = 3/4,
+    # C · e^(−0.2 · 0.25).
     new = adaptive_clip_norm(
-        2.0, unclipped=3, replies=4, count_noise=0.0, target_quantile=0.5, learning_rate=0.2
+        2.0,
+        unclipped=3,
+        replies=4,
+        expected=4.0,
+        count_noise=0.0,
+        target_quantile=0.5,
+        learning_rate=0.2,
     )
     assert new == pytest.approx(2.0 * math.exp(-0.05))
-    # A noised count: (1 + 1)/4 = γ → unchanged.
-    same = adaptive_clip_norm(
-        2.0, unclipped=1, replies=4, count_noise=1.0, target_quantile=0.5, learning_rate=0.2
+    # 1 of 4 within C, 8 expected, count noise 1.5: b̃ = (1 − 2 + 1.5)/8 + 1/2 = 0.5625.
+    moved = adaptive_clip_norm(
+        2.0,
+        unclipped=1,
+        replies=4,
+        expected=8.0,
+        count_noise=1.5,
+        target_quantile=0.5,
+        learning_rate=0.2,
     )
-    assert same == pytest.approx(2.0)
-    assert (
-        adaptive_clip_norm(
-            2.0, unclipped=0, replies=0, count_noise=0.3, target_quantile=0.5, learning_rate=0.2
-        )
-        == 2.0
+    assert moved == pytest.approx(2.0 * math.exp(-0.2 * 0.0625))
+    # No reply: the noise alone moves it; nothing expected: unchanged.
+    alone = adaptive_clip_norm(
+        2.0,
+        unclipped=0,
+        replies=0,
+        expected=4.0,
+        count_noise=-0.4,
+        target_quantile=0.5,
+        learning_rate=0.2,
     )
+    assert alone == pytest.approx(2.0 * math.exp(0.2 * 0.1))
+    unchanged = adaptive_clip_norm(
+        2.0,
+        unclipped=0,
+        replies=0,
+        expected=0.0,
+        count_noise=0.3,
+        target_quantile=0.5,
+        learning_rate=0.2,
+    )
+    assert unchanged == 2.0

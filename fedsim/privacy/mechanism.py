@@ -130,9 +130,10 @@ def privatise(
 
 
 def split_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float:
-    """The noise multiplier left for the updates when the unclipped count is noised with
-    ``count_stddev`` (Andrew et al. 2021, Theorem 1): (σ⁻² − (2σ_b)⁻²)^(−1/2), so that the
-    two Gaussian releases together cost what one with ``noise_multiplier`` does.
+    """The noise multiplier left for the updates when the centred unclipped count
+    (sensitivity 1/2) is noised with ``count_stddev`` σ_b (Andrew et al. 2021, Theorem 1):
+    (σ⁻² − (2σ_b)⁻²)^(−1/2). Two Gaussian releases with multipliers z₁, z₂ cost what one
+    with (z₁⁻² + z₂⁻²)^(−1/2) does, so together they cost one with ``noise_multiplier``.
 
     >>> round(split_noise_multiplier(1.0, 5.0), 6)
     1.005038
@@ -155,19 +156,22 @@ def adaptive_clip_norm(
     *,
     unclipped: int,
     replies: int,
+    expected: float,
     count_noise: float,
     target_quantile: float,
     learning_rate: float,
 ) -> float:
-    """The next clip norm (Andrew et al. 2021, geometric update):
-    C · exp(−η_C · (b̃ − γ)), b̃ = (unclipped + count_noise) / replies the noised fraction
-    of updates within C, γ the target quantile. Unchanged without replies.
+    """The next clip norm (Andrew et al. 2021, geometric update): C · exp(−η_C · (b̃ − γ)),
+    with b̃ = (Σ_i (b_i − 1/2) + count_noise) / expected + 1/2 the noised fraction of the
+    ``replies`` updates within C (b_i = 1 for those, ``unclipped`` of them), γ the target
+    quantile. Centring b_i makes the count's sensitivity 1/2, and ``expected`` (the
+    expected number of replies, public) keeps the actual count out of the release.
 
-    >>> round(adaptive_clip_norm(1.0, unclipped=3, replies=4, count_noise=0.0,
+    >>> round(adaptive_clip_norm(1.0, unclipped=3, replies=4, expected=4.0, count_noise=0.0,
     ...                          target_quantile=0.5, learning_rate=0.2), 6)
     0.951229
     """
-    if replies == 0:
+    if expected <= 0.0:
         return clip_norm
-    fraction = (unclipped + count_noise) / replies
+    fraction = (unclipped - replies / 2.0 + count_noise) / expected + 0.5
     return clip_norm * math.exp(-learning_rate * (fraction - target_quantile))

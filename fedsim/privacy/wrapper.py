@@ -122,8 +122,9 @@ class PrivateStrategy(Strategy):
         # Local DP: each report against any other (sensitivity 2C) has multiplier σ/2.
         accounted = config.noise_multiplier / (2.0 if config.mode == "local" else 1.0)
         self.accountant = Accountant(sampling, accounted, config.delta, config.accountant)
-        expected = max(1.0, float(sampling.rates.sum()))
-        self.count_stddev = config.count_stddev or expected / 20.0  # Andrew et al.'s choice
+        # The expected number of replies a round (public): the adaptive count's denominator.
+        self.expected_replies = max(1.0, float(sampling.rates.sum()))
+        self.count_stddev = config.count_stddev or self.expected_replies / 20.0  # Andrew et al.
         self.update_noise_multiplier = (
             split_noise_multiplier(config.noise_multiplier, self.count_stddev)
             if config.adaptive
@@ -166,6 +167,7 @@ class PrivateStrategy(Strategy):
                 clip_norm,
                 unclipped=unclipped,
                 replies=len(valid),
+                expected=self.expected_replies,
                 count_noise=count_noise,
                 target_quantile=self.config.target_quantile,
                 learning_rate=self.config.clip_lr,
