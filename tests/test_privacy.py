@@ -280,6 +280,22 @@ def test_a_cyclic_run_says_it_has_no_amplification_and_accounts_q_1(tmp_path: Pa
     assert rows[rows.client.notna()]["value"].tolist() == [per_round[4]] * 4
 
 
+def test_a_bernoulli_run_accounts_each_client_at_its_own_rate(tmp_path: Path) -> None:
+    rates = [0.2, 0.4, 0.6, 0.8]
+    scenario = toy({"pattern": "bernoulli", "rates": rates}, rounds=2)
+    run_dir, summary = run_scenario(
+        load_scenario(write_scenario(tmp_path, scenario)), tmp_path / "run"
+    )
+    assert summary["privacy_accounting"] == (
+        "Poisson sampling with each client's own rate q_n = p_n (worst client q = 0.8)"
+    )
+    assert summary["epsilon"] == epsilon(0.8, 1.5, 2, 1e-5)
+    run = load_run(run_dir)
+    rows = run.metrics.query("phase == 'privacy' and metric == 'epsilon' and round == 2")
+    per_client = rows.dropna(subset=["client"]).sort_values("client")["value"].tolist()
+    assert per_client == [epsilon(q, 1.5, 2, 1e-5) for q in rates]
+
+
 @pytest.mark.slow
 def test_a_dp_run_killed_with_sigkill_resumes_identically(tmp_path: Path) -> None:
     scenario = toy({"pattern": "bernoulli", "rates": 0.6}, rounds=6, clipping="adaptive")

@@ -69,7 +69,7 @@ def unsupported_reason(strategy: Any, mode: str = "central") -> str | None:
     if mode == "local":
         return None
     if callable(getattr(strategy, "evaluate_nodes", None)):
-        return "a decentralised strategy (there is no single global model to noise)"
+        return 'a decentralised strategy (no single global model to noise; mode = "local" can)'
     if getattr(strategy, "rule", None) == "known-probability":
         return "FedAvg's known-probability rule (its weights 1/(N p_n) have no bound here)"
     return None

@@ -131,7 +131,7 @@ class RunSetup:
             )
         except ValueError as error:
             raise ScenarioError(
-                self.scenario.source, "privacy", f"a strategy it can wrap ({error})"
+                self.scenario.source, "privacy", f"a strategy it can wrap: {error}"
             ) from None
 
     def sampling(self, fraction: float) -> Sampling:
