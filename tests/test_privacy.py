@@ -196,6 +196,24 @@ def test_epsilon_agrees_with_tensorflow_privacys_published_figure() -> None:
     assert epsilon(150 / 60000, 1.3, 6000, 1e-5) == pytest.approx(0.7242234026109595, abs=1e-9)
 
 
+def test_the_accountants_cached_rdp_curve_gives_dp_accountings_epsilon() -> None:
+    sampling = sampling_of("uniform", num_clients=10, probabilities=np.full(10, 0.2))
+    accountant = Accountant(sampling, 0.8, 1e-6)
+    assert [accountant.worst(t) for t in (1, 2, 7, 50)] == [
+        epsilon(0.2, 0.8, t, 1e-6) for t in (1, 2, 7, 50)
+    ]
+
+
+def test_many_distinct_rates_are_rounded_up_never_down() -> None:
+    rates = np.linspace(0.501, 0.599, 210)  # 210 distinct rates → 0.51, 0.52, ..., 0.60
+    sampling = sampling_of("bernoulli", num_clients=210, probabilities=rates)
+    per_client = Accountant(sampling, 1.0, 1e-5).per_client(3)
+    assert np.unique(per_client).size == 10
+    for i in (0, 105, 209):
+        exact = epsilon(float(rates[i]), 1.0, 3, 1e-5)
+        assert exact <= per_client[i] <= exact * 1.05
+
+
 def test_sampling_per_pattern() -> None:
     uniform = sampling_of("uniform", num_clients=10, probabilities=np.full(10, 0.3), fraction=0.5)
     assert uniform.amplified and uniform.worst == 0.15
