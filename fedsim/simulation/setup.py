@@ -13,6 +13,7 @@ can be checked without loading data is checked before anything is written.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -119,6 +120,12 @@ class RunSetup:
         privacy = self.scenario.privacy
         if privacy is None:
             return strategy
+        if importlib.util.find_spec("dp_accounting") is None:
+            raise ScenarioError(
+                self.scenario.source,
+                "privacy",
+                "the dp-accounting package for its accountant (pip install 'fedsim[privacy]')",
+            )
         train = None if self.store is None else self.store.num_train_examples()
         try:
             return PrivateStrategy(
