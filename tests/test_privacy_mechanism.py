@@ -142,3 +142,32 @@ def test_noise_split_and_the_geometric_clip_update_of_andrew_et_al() -> None:
         learning_rate=0.2,
     )
     assert unchanged == 2.0
+
+
+def test_participant_weighting_never_moves_more_than_its_sensitivity() -> None:
+    """Brute force over random rounds: adding or removing one client moves the weighted
+    mean Σ n_i clip(Δ_i)/Σ n_i by at most 2C·n_max/max(Σn, n_max) of the released set."""
+    generator = np.random.default_rng(1)
+    clip_norm, n_max = 1.0, 50
+    worst_ratio = 0.0
+    for _ in range(300):
+        size = int(generator.integers(1, 6))
+        counts = generator.integers(1, n_max + 1, size=size).astype(float)
+        counts[0] = n_max if generator.random() < 0.3 else counts[0]
+        updates = [clip(v, clip_norm)[0] for v in generator.normal(0, 2, (size, 3))]
+        extra = clip(generator.normal(0, 2, 3), clip_norm)[0]
+        extra_count = float(generator.integers(1, n_max + 1))
+
+        def mean(vectors: list[np.ndarray], n: np.ndarray) -> np.ndarray:
+            return sum(w * v for w, v in zip(n / n.sum(), vectors, strict=True))
+
+        released = mean(updates, counts)
+        bound = sensitivity_participants(clip_norm, counts, n_max)
+        if size > 1:  # the neighbour without the last client
+            smaller = mean(updates[:-1], counts[:-1])
+            ratio = np.linalg.norm(released - smaller) / bound
+            worst_ratio = max(worst_ratio, ratio)
+        bigger = mean([*updates, extra], np.append(counts, extra_count))
+        worst_ratio = max(worst_ratio, np.linalg.norm(released - bigger) / bound)
+    assert worst_ratio <= 1.0 + 1e-12
+    assert worst_ratio > 0.5  # the bound is not loose by more than 2x on these draws
