@@ -166,6 +166,8 @@ def test_strategies_without_one_global_model_are_refused() -> None:
         wrap(Decentralised(), 4)
     with pytest.raises(ValueError, match="asynchronous"):
         wrap(Asynchronous(), 4)
+    with pytest.raises(ValueError, match="omega_of"):
+        wrap(FedAvg(num_clients=4), 4, weighting="fedau")
     with pytest.raises(ValueError, match="known-probability"):
         probabilities = dict.fromkeys([1, 2, 3, 4], 0.5)
         wrap(

@@ -117,6 +117,11 @@ class PrivateStrategy(Strategy):
         self.seed = seed
         self.max_examples = max_examples
         self.weighting = resolve_weighting(strategy, config.weighting)
+        if self.weighting == "fedau" and not callable(getattr(strategy, "omega_of", None)):
+            raise ValueError(
+                f'weighting = "fedau" needs a strategy with omega_of (FedAU), '
+                f"not {type(strategy).__name__}"
+            )
         self.clip_norm = config.clip_norm
         self.sampling = sampling
         # Local DP: each report against any other (sensitivity 2C) has multiplier σ/2.
