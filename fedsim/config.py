@@ -21,6 +21,7 @@ from typing import Any
 
 from fedsim.errors import ScenarioError
 from fedsim.options import Options
+from fedsim.privacy.options import PrivacyConfig, read_privacy
 
 TOP_LEVEL = {
     "name",
@@ -37,7 +38,7 @@ TOP_LEVEL = {
     "log",
     "system",  # read by fedsim.system: the device and network model, simulated time
     "sweep",  # read by fedsim.simulation.sweep; a single run ignores it
-    "flower",  # a Flower app project's run (fedsim.flower_project): recorded, not read
+    "privacy",  # read by fedsim.privacy.options: differential privacy around the strategy
 }
 DATA_COMMON = {
     "dataset",
@@ -184,6 +185,7 @@ class Scenario:
     # Building blocks passed as Python objects (OBJECT_SLOTS' names → the object).
     objects: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     system: dict[str, Any] | None = None  # the [system] table (None: no simulated time)
+    privacy: PrivacyConfig | None = None  # the [privacy] table (None: no differential privacy)
 
     @property
     def strategy_name(self) -> str:
@@ -414,6 +416,7 @@ def scenario_from_dict(
     checkpoint_allow_pickle = checkpoint_reader.boolean("allow_pickle", False)
     trackers = _trackers(top.child("log"))
     system = dict(top.subtable("system")) if "system" in raw else None
+    privacy = read_privacy(top.child("privacy")) if "privacy" in raw else None
 
     return Scenario(
         source=source,
@@ -433,6 +436,7 @@ def scenario_from_dict(
         checkpoint_allow_pickle=checkpoint_allow_pickle,
         trackers=trackers,
         system=system,
+        privacy=privacy,
     )
 
 

@@ -116,8 +116,8 @@ def read_project(
 
 
 def project_scenario(project: FlowerProject, engine: str | None = None) -> dict[str, Any]:
-    """The fedsim scenario (as a dict) that runs ``project``: its nodes, the fedsim
-    tables it sets, and the project itself under ``[flower]`` for the run's record."""
+    """The fedsim scenario (as a dict) that runs ``project``: its nodes and the fedsim
+    tables it sets."""
     raw: dict[str, Any] = copy.deepcopy(project.fedsim)
     raw["name"] = project.name
     rounds = project.run_config.get("num-server-rounds")
@@ -126,13 +126,18 @@ def project_scenario(project: FlowerProject, engine: str | None = None) -> dict[
     raw.setdefault("checkpoint", {})["every"] = 0  # a ServerApp's state is its own
     if engine is not None:
         raw.setdefault("engine", {})["kind"] = engine
-    raw[FLOWER_TABLE] = {
+    return raw
+
+
+def project_record(project: FlowerProject) -> dict[str, Any]:
+    """What the run's ``scenario.toml`` records under ``[flower]``: the project's folder,
+    components and resolved run config (a record for readers; no scenario takes it)."""
+    return {
         "project": str(project.path),
         "serverapp": project.serverapp,
         "clientapp": project.clientapp,
         "run_config": dict(project.run_config),
     }
-    return raw
 
 
 def check_engine(scenario: Scenario, project: FlowerProject) -> None:

@@ -34,6 +34,7 @@ PHASE_CENTRAL = "central"
 PHASE_SERVER = "server"
 PHASE_TIMING = "timing"
 PHASE_SYSTEM = "system"  # simulated time, with a [system] table only
+PHASE_PRIVACY = "privacy"  # with a [privacy] table only
 
 # Simulated-time rows (phase "system"): per round on the server, per client-round.
 ROUND_START_S = "round_start_s"
@@ -49,3 +50,10 @@ CLIENT_TIME_METRICS = (DOWNLOAD_S, COMPUTE_S, UPLOAD_S, LATENCY_S)
 METRIC_LOSS = "loss"  # central evaluation
 METRIC_ACCURACY = "accuracy"  # central evaluation
 OMEGA = "omega"  # FedAU's per-client interval estimate (phase "server")
+
+# Privacy rows (phase "privacy"): per round on the server (epsilon: the worst client's
+# so far), and each client's final epsilon in the last round.
+DP_EPSILON = "epsilon"
+DP_CLIP_NORM = "clip_norm"
+DP_NOISE_STD = "noise_std"
+DP_UNCLIPPED_FRACTION = "unclipped_fraction"

@@ -61,7 +61,8 @@ def with_change(tmp_path: Path, table: str, key: str, value: object) -> Path:
             "colour",
             1,
             "colour: expected one of the known keys (checkpoint, client, data, engine, "
-            "evaluate, log, model, name, participation, rounds, seed, strategy, sweep, system)",
+            "evaluate, log, model, name, participation, privacy, rounds, seed, strategy, "
+            "sweep, system)",
         ),
         ("", "rounds", "ten", "rounds: expected an integer, got 'ten'"),
         ("", "rounds", 0, "rounds: expected an integer >= 1, got 0"),

@@ -154,7 +154,7 @@ def test_the_four_callers_keep_their_unknown_key_messages(tmp_path: Path) -> Non
     base = {"rounds": 1, "data": {"dataset": "digits", "num_clients": 2}, "model": {"name": "mlp"}}
     assert message(lambda: scenario_from_dict({**base, "bogus": 1}, source="s.toml")) == (
         "s.toml: bogus: expected one of the known keys (checkpoint, client, data, engine, "
-        "evaluate, log, model, name, participation, rounds, seed, strategy, sweep, system)"
+        "evaluate, log, model, name, participation, privacy, rounds, seed, strategy, sweep, system)"
     )
     assert message(
         lambda: load_dataset(

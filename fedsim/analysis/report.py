@@ -7,8 +7,10 @@ part in each round, and the diagnostics of the strategies that record them —
 FedAU's ω against 1/p_n (Wang & Ji, ICLR 2024, https://arxiv.org/abs/2306.03401),
 FedLAW's global shrinking factor γ (Li et al., ICML 2023,
 https://arxiv.org/abs/2302.10911) and the consensus distance of gossip
-averaging. The summary (final and best value, rounds to a target, mean ± std
-over seeds) is written as markdown and CSV.
+averaging — and, for runs with differential privacy, the final metric against
+ε (a privacy-utility curve over a sweep of noise multipliers). The summary
+(final and best value, rounds to a target, ε, mean ± std over seeds) is
+written as markdown and CSV.
 
 Every ``plot_*`` function draws on a matplotlib ``Axes`` the caller owns, so
 notebooks reuse them; the ``*_figure`` functions wrap them in a figure drawn on
@@ -266,6 +268,61 @@ def diagnostic_figure(frame: pd.DataFrame, stem: str) -> Figure | None:
     return curves_figure(subset, metric, phase=phase, ylabel=ylabel, log=log and positive)
 
 
+NOISE_KEY = "privacy.noise_multiplier"
+
+
+def plot_privacy_utility(
+    ax: Axes, summary: pd.DataFrame, by: Sequence[str], metric: str, *, title: str = ""
+) -> None:
+    """Final ``metric`` (mean ± std over seeds) against ε, one line per configuration of
+    the keys other than the noise multiplier: a privacy-utility curve. Runs without
+    noise (ε = ∞) are a dashed line of the same colour."""
+    series = [k for k in by if k != NOISE_KEY]
+    groups = list(summary.groupby(series, dropna=False, sort=False)) if series else [((), summary)]
+    for key, rows in groups:
+        values = dict(zip(series, key if isinstance(key, tuple) else (key,), strict=True))
+        finite = np.isfinite(rows["epsilon_mean"].astype(float))
+        group = rows[finite].sort_values("epsilon_mean")
+        if group.empty:
+            continue
+        line = ax.errorbar(
+            group["epsilon_mean"],
+            group["final_mean"],
+            yerr=group["final_std"].fillna(0.0),
+            marker="o",
+            capsize=3,
+            label=configuration_label(values) if values else None,
+        )
+        for final in rows.loc[~finite, "final_mean"]:  # no noise: the utility to aim for
+            ax.axhline(final, linestyle="--", linewidth=1, color=line.lines[0].get_color())
+        if NOISE_KEY in group:
+            for _, row in group.iterrows():
+                ax.annotate(
+                    f"σ={row[NOISE_KEY]:g}",
+                    (row["epsilon_mean"], row["final_mean"]),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                )
+    ax.set_xscale("log")
+    ax.set_xlabel("ε after the last round")
+    ax.set_ylabel(f"final {metric}")
+    ax.set_title(title or f"final {metric} vs ε")
+    if series:
+        ax.legend(fontsize=8)
+
+
+def privacy_figure(summary: pd.DataFrame, by: Sequence[str], metric: str) -> Figure | None:
+    """The privacy-utility curve, or None when no configuration has a finite ε."""
+    if "epsilon_mean" not in summary:
+        return None
+    if not np.isfinite(summary["epsilon_mean"].astype(float)).any():
+        return None
+    figure = new_figure()
+    plot_privacy_utility(figure.axes[0], summary, by, metric)
+    return figure
+
+
 def clients_figure(run: Run, metric: str = CLIENT_METRIC) -> Figure:
     """Per-client views of one run that evaluated on clients: the distribution of
     ``metric`` across clients per evaluated round (median, 25–75 % and 10–90 % bands,
@@ -327,6 +384,9 @@ def summary_markdown(
         header.append(f"rounds to {reach}")
         if timed:
             header.append(f"simulated hours to {reach}")
+    private = "epsilon_mean" in table
+    if private:
+        header.append("ε")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [configuration_label({k: row[k]}).partition("=")[2] for k in by]
@@ -341,6 +401,8 @@ def summary_markdown(
             if timed:
                 hours = row["time_to_target_s_mean"] / 3600, row["time_to_target_s_std"] / 3600
                 cells.append(_cell(*hours, 3))
+        if private:
+            cells.append(_cell(row["epsilon_mean"], np.nan, 3))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -378,7 +440,8 @@ def write_report(
 
     Writes ``METRIC.png`` (and ``METRIC_time.png`` against simulated hours when the
     runs kept simulated time), ``participation.png``, the diagnostics present
-    (``fedau_omega.png``, ``fedlaw_gamma.png``, ``gossip_consensus.png``),
+    (``fedau_omega.png``, ``fedlaw_gamma.png``, ``gossip_consensus.png``), with
+    ``[privacy]`` runs ``privacy_utility.png`` (final metric against ε),
     ``summary.md`` and ``summary.csv`` (one row per configuration) and ``runs.csv``
     (one row per run).
     """
@@ -393,7 +456,11 @@ def write_report(
 
     summary = summary_table(frame, metric, by=by, phase=phase, target=target)
     per_run = run_results(frame, metric, phase=phase, target=target)
-    results = [*_RESULTS, *(["time_to_target_s"] if "time_to_target_s" in per_run else [])]
+    results = [
+        *_RESULTS,
+        *(["time_to_target_s"] if "time_to_target_s" in per_run else []),
+        *(["epsilon"] if "epsilon" in per_run else []),
+    ]
     per_run = per_run[["run", *by, *(["seed"] if "seed" in per_run else []), *results]]
     curves = curves_figure(frame, metric, by=by, phase=phase)
     figures = {metric: _save(curves, directory / f"{_stem(metric)}.png")}
@@ -403,6 +470,9 @@ def write_report(
     figures["participation"] = _save(
         participation_figure(frame, paths), directory / "participation.png"
     )
+    privacy = privacy_figure(summary, by, metric)
+    if privacy is not None:
+        figures["privacy_utility"] = _save(privacy, directory / "privacy_utility.png")
     omega = omega_figure(frame, paths)
     if omega is not None:
         figures["fedau_omega"] = _save(omega, directory / "fedau_omega.png")
@@ -467,6 +537,8 @@ __all__ = [
     "plot_curves",
     "plot_omega",
     "plot_participation",
+    "plot_privacy_utility",
+    "privacy_figure",
     "summary_markdown",
     "write_report",
 ]

@@ -227,7 +227,8 @@ def run_results(
     Columns: ``run``, the scenario keys, ``final`` (value at the last round), ``best``
     (max, or min for losses), ``best_round`` and ``rounds_to_target`` (first round whose
     value reaches ``target``; NaN when never or when no target is given); when the runs
-    kept simulated time, also ``time_to_target_s``: the simulated end of that round.
+    kept simulated time, also ``time_to_target_s``: the simulated end of that round;
+    when some ran with ``[privacy]``, ``epsilon``: ε after the last round.
     """
     better = higher_is_better(metric)
     rows = server_rows(frame, metric, phase).sort_values("round", kind="stable")
@@ -255,8 +256,33 @@ def run_results(
             record["time_to_target_s"] = float(times.get(key, np.nan)) if key else np.nan
         records.append(record)
     results = pd.DataFrame(records)
+    epsilon = final_epsilon(frame)
+    if not epsilon.empty:
+        results = results.merge(epsilon, on="run", how="left")
     config = frame.drop_duplicates("run")[["run", *config_columns(frame)]]
     return results.merge(config, on="run", how="left")
+
+
+def final_epsilon(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each private run's ε after its last round (columns ``run``, ``epsilon``); empty
+    when no run of ``frame`` had a ``[privacy]`` table.
+
+    >>> frame = pd.DataFrame({"run": ["a", "a", "b"], "round": [1, 2, 1],
+    ...     "client": pd.array([pd.NA] * 3, dtype="Int64"), "phase": "privacy",
+    ...     "metric": "epsilon", "value": [0.5, 0.9, 2.0]})
+    >>> final_epsilon(frame).to_dict("list")
+    {'run': ['a', 'b'], 'epsilon': [0.9, 2.0]}
+    """
+    rows = frame[
+        (frame["phase"] == keys.PHASE_PRIVACY)
+        & (frame["metric"] == keys.DP_EPSILON)
+        & frame["client"].isna()
+    ]
+    if rows.empty:
+        return pd.DataFrame(columns=["run", "epsilon"])
+    last = rows.sort_values("round", kind="stable").groupby("run", sort=False).tail(1)
+    last = last.sort_values("run", kind="stable")
+    return last[["run", "value"]].rename(columns={"value": "epsilon"}).reset_index(drop=True)
 
 
 def summary_table(
@@ -272,7 +298,8 @@ def summary_table(
     Columns: the ``by`` keys (default :func:`varying_keys`), ``runs``, ``final_mean``,
     ``final_std``, ``best_mean``, ``best_std``, ``reached`` (runs that reached
     ``target``) and ``rounds_to_target_mean``/``_std`` over those runs, and with
-    simulated time ``time_to_target_s_mean``/``_std``. Standard deviations are over
+    simulated time ``time_to_target_s_mean``/``_std``, and with ``[privacy]`` runs
+    ``epsilon_mean`` (ε after the last round). Standard deviations are over
     seeds with ddof 1 (NaN for a single run).
     """
     keys_ = varying_keys(frame) if by is None else list(by)
@@ -301,6 +328,7 @@ def summary_table(
                 "rounds_to_target_mean": reached.mean() if len(reached) else np.nan,
                 "rounds_to_target_std": reached.std() if len(reached) else np.nan,
                 **timed,
+                **({"epsilon_mean": group["epsilon"].mean()} if "epsilon" in group else {}),
             }
         )
     return pd.DataFrame(rows)

@@ -73,6 +73,7 @@ from fedsim.client.training import (
 )
 from fedsim.data.store import ClientDataStore
 from fedsim.models import build_model
+from fedsim.privacy.local import LocalPrivacy, privatise_reply
 
 WHOAMI = "query.fedsim_whoami"
 
@@ -470,19 +471,33 @@ def make_client_app(spec: ClientSpec) -> FedsimClientApp:
 
 
 class HookedClientApp(ClientApp):
-    """Any ClientApp, plus the partition-id query and the scenario's run config."""
+    """Any ClientApp, plus the partition-id query, the scenario's run config and, with
+    local differential privacy, each training reply clipped and noised before it leaves
+    (:mod:`fedsim.privacy.local`; the one-message and the cohort path alike)."""
 
-    def __init__(self, inner: ClientApp, run_config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        inner: ClientApp,
+        run_config: dict[str, Any],
+        local_privacy: LocalPrivacy | None = None,
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.run_config = dict(run_config)
+        self.local_privacy = local_privacy
 
     def __call__(self, message: Message, context: Context) -> Message:
         if message.metadata.message_type == WHOAMI:
             record = MetricRecord({keys.PARTITION_ID: _client_id(context)})
             return Message(RecordDict({keys.METRICS: record}), reply_to=message)
         context.run_config.update(self.run_config)
-        return self.inner(message, context)
+        reply: Message = self.inner(message, context)
+        self._privatise(message, reply, context)
+        return reply
+
+    def _privatise(self, message: Message, reply: Message, context: Context) -> None:
+        if self.local_privacy is not None and message.metadata.message_type == MessageType.TRAIN:
+            privatise_reply(message, reply, _client_id(context), self.local_privacy)
 
     def cohort_limit(
         self, message_type: str, *, max_clients: int | None, memory_mb: float | None
@@ -500,4 +515,9 @@ class HookedClientApp(ClientApp):
         for context in contexts:
             context.run_config.update(self.run_config)
         replies: list[Message] = self.inner.serve_cohort(messages, contexts)  # type: ignore[attr-defined]
+        if self.local_privacy is not None:
+            asked = {m.metadata.message_id: (m, c) for m, c in zip(messages, contexts, strict=True)}
+            for reply in replies:
+                message, context = asked[reply.metadata.reply_to_message_id]
+                self._privatise(message, reply, context)
         return replies

@@ -54,6 +54,7 @@ EVENT_CHECKPOINT_FAILED = "checkpoint_failed"
 EVENT_COHORT_FALLBACK = "cohort_fallback"
 EVENT_RESUMED = "resumed"
 EVENT_RUN_STOPPED = "run_stopped"
+EVENT_PRIVACY_ACCOUNTING = "privacy_accounting"  # what the accountant assumed, once a run
 
 # summary.json's fields.
 SUMMARY_NAME = "name"
@@ -65,3 +66,6 @@ SUMMARY_FINAL_LOSS = "final_loss"
 SUMMARY_CLIENT_ROUNDS = "client_rounds"
 SUMMARY_COHORT_CLIENT_ROUNDS = "cohort_client_rounds"
 SUMMARY_COHORT_EVALUATIONS = "cohort_evaluations"
+SUMMARY_EPSILON = "epsilon"  # with [privacy]: the worst client's ε after the last round
+SUMMARY_DELTA = "delta"
+SUMMARY_PRIVACY_ACCOUNTING = "privacy_accounting"  # the statement of the event above

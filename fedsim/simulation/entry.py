@@ -35,7 +35,7 @@ from fedsim.simulation.checkpoint import (
     remove_checkpoint,
 )
 from fedsim.simulation.launch import ENGINES, Launcher
-from fedsim.simulation.session import RunControl, cohort_summary
+from fedsim.simulation.session import RunControl, cohort_summary, privacy_summary
 from fedsim.simulation.setup import build_run, validate
 
 ProgressCallback = Callable[[int, float | None], None]
@@ -171,6 +171,7 @@ def _execute(
         SUMMARY_FINAL_ACCURACY: writer.latest(keys.PHASE_CENTRAL, keys.METRIC_ACCURACY),
         SUMMARY_FINAL_LOSS: writer.latest(keys.PHASE_CENTRAL, keys.METRIC_LOSS),
         **cohort_summary(writer),
+        **privacy_summary(scenario, writer),
     }
     writer.finish(summary)
     if trackers is not None:

@@ -34,7 +34,13 @@ from fedsim import keys
 from fedsim.config import Scenario
 from fedsim.engine.reachable import ReachableGrid
 from fedsim.errors import FedsimError, ScenarioError
-from fedsim.flower_project import FlowerProject, check_engine, project_scenario
+from fedsim.flower_project import (
+    FLOWER_TABLE,
+    FlowerProject,
+    check_engine,
+    project_record,
+    project_scenario,
+)
 from fedsim.plugins import register_by_value
 from fedsim.results import (
     EVENT_RUN_STOPPED,
@@ -103,7 +109,7 @@ def run_flower_app(
     """Run the project's ServerApp on ``scenario``'s engine into ``run_dir``; the summary."""
     server_app = load_component(project, "serverapp", ServerApp)
     client_app = scenario.objects["client_app"]
-    writer = RunWriter(run_dir, scenario.raw)
+    writer = RunWriter(run_dir, {**scenario.raw, FLOWER_TABLE: project_record(project)})
     pattern, faults = build_participation(scenario, None)
     n = scenario.data.num_clients
 

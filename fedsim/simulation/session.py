@@ -26,12 +26,17 @@ from fedsim.client.training import evaluate_arrays
 from fedsim.config import Scenario
 from fedsim.engine.reachable import ReachableGrid
 from fedsim.errors import RunError
+from fedsim.privacy.wrapper import PrivateStrategy
 from fedsim.results import (
     EVENT_CHECKPOINT_FAILED,
     EVENT_COHORT_FALLBACK,
+    EVENT_PRIVACY_ACCOUNTING,
     SUMMARY_CLIENT_ROUNDS,
     SUMMARY_COHORT_CLIENT_ROUNDS,
     SUMMARY_COHORT_EVALUATIONS,
+    SUMMARY_DELTA,
+    SUMMARY_EPSILON,
+    SUMMARY_PRIVACY_ACCOUNTING,
     RunWriter,
 )
 from fedsim.simulation.async_loop import run_async
@@ -137,9 +142,7 @@ def run_session(
         if getattr(setup.pattern, "time_period", None) is not None
         else None,
     )
-    strategy = setup.strategy.build(
-        setup.strategy_inputs(node_of_client, str(server_device)), scenario.source
-    )
+    strategy = setup.build_strategy(setup.strategy_inputs(node_of_client, str(server_device)))
     settings = LoopSettings(
         rounds=scenario.rounds,
         seed=scenario.seed,
@@ -163,6 +166,9 @@ def run_session(
         arrays, first_round = arrays_from_numpy(resume.arrays), resume.round + 1
         restore_rng(resume.rng)
     unsaved: list[str] = []
+    private = strategy if isinstance(strategy, PrivateStrategy) else None
+    if private is not None and first_round == 1:
+        writer.event(0, EVENT_PRIVACY_ACCOUNTING, statement=private.sampling.statement)
 
     def checkpoint(rnd: int, arrays: ArrayRecord) -> bool:
         writer.flush()
@@ -197,6 +203,8 @@ def run_session(
 
     def round_end(rnd: int, arrays: ArrayRecord) -> None:
         cohorts.record(rnd, writer)
+        if private is not None:
+            record_privacy(private, rnd, rnd == scenario.rounds, writer)
         last = rnd == scenario.rounds
         stopping = control.stop is not None and control.stop.is_set() and not last
         every = scenario.checkpoint_every
@@ -218,6 +226,28 @@ def run_session(
         first_round=first_round,
         on_round_end=round_end,
     )
+
+
+def record_privacy(strategy: PrivateStrategy, rnd: int, last: bool, writer: RunWriter) -> None:
+    """A round's privacy rows (phase ``privacy``) and, after the last, each client's ε."""
+    writer.metrics(rnd, None, keys.PHASE_PRIVACY, strategy.round_metrics.items())
+    if last:
+        for client, value in enumerate(strategy.accountant.per_client(rnd)):
+            writer.metric(rnd, client, keys.PHASE_PRIVACY, keys.DP_EPSILON, float(value))
+
+
+def privacy_summary(scenario: Scenario, writer: RunWriter) -> dict[str, object]:
+    """summary.json's privacy fields: ε after the last round, δ, and what was assumed."""
+    if scenario.privacy is None:
+        return {}
+    statements = [
+        e.get("statement") for e in writer.events if e["event"] == EVENT_PRIVACY_ACCOUNTING
+    ]
+    return {
+        SUMMARY_EPSILON: writer.latest(keys.PHASE_PRIVACY, keys.DP_EPSILON),
+        SUMMARY_DELTA: scenario.privacy.delta,
+        SUMMARY_PRIVACY_ACCOUNTING: statements[0] if statements else None,
+    }
 
 
 COHORT_COUNTS = ("train_served", "cohort_train", "cohort_evaluate")

@@ -13,6 +13,7 @@ can be checked without loading data is checked before anything is written.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +43,9 @@ from fedsim.models import build_model
 from fedsim.participation import build_faults, build_pattern
 from fedsim.participation.script import ScriptPattern
 from fedsim.plugins import load_object
+from fedsim.privacy.accounting import Sampling, sampling_of
+from fedsim.privacy.local import LocalPrivacy
+from fedsim.privacy.wrapper import PrivateStrategy
 from fedsim.results import CLIENT_DATA_DIR, ClientFacts
 from fedsim.strategies import (
     StrategyInputs,
@@ -107,6 +111,47 @@ class RunSetup:
             participation_probabilities=None
             if probabilities is None
             else {node_of_client[c]: float(p) for c, p in enumerate(probabilities)},
+        )
+
+    def build_strategy(self, inputs: StrategyInputs) -> Any:
+        """The scenario's strategy for ``inputs``, inside the privacy wrapper when the
+        scenario has a ``[privacy]`` table."""
+        strategy = self.strategy.build(inputs, self.scenario.source)
+        privacy = self.scenario.privacy
+        if privacy is None:
+            return strategy
+        if importlib.util.find_spec("dp_accounting") is None:
+            raise ScenarioError(
+                self.scenario.source,
+                "privacy",
+                "the dp-accounting package for its accountant (pip install 'fedsim[privacy]')",
+            )
+        train = None if self.store is None else self.store.num_train_examples()
+        try:
+            return PrivateStrategy(
+                strategy,
+                privacy,
+                num_clients=inputs.num_clients,
+                seed=self.scenario.seed,
+                sampling=self.sampling(getattr(strategy, "fraction_train", 1.0)),
+                max_examples=None if train is None else float(np.max(train)),
+            )
+        except ValueError as error:
+            raise ScenarioError(
+                self.scenario.source, "privacy", f"a strategy it can wrap: {error}"
+            ) from None
+
+    def sampling(self, fraction: float) -> Sampling:
+        """How the participation pattern samples clients, as the privacy accountant
+        takes it (local DP: the server sees who sends, so no amplification)."""
+        assert self.scenario.privacy is not None
+        return sampling_of(
+            str(self.scenario.participation.get("pattern", "always")),
+            local=self.scenario.privacy.mode == "local",
+            num_clients=self.scenario.data.num_clients,
+            probabilities=getattr(self.pattern, "probabilities", None),
+            fraction=fraction,
+            amplitude=float(getattr(self.pattern, "amplitude", 0.0)),
         )
 
     def client_facts(self) -> ClientFacts:
@@ -437,7 +482,7 @@ def build_run(
     return RunSetup(
         scenario=scenario,
         run_dir=run_dir,
-        app=HookedClientApp(app, scenario.client.config),
+        app=HookedClientApp(app, scenario.client.config, _local_privacy(scenario)),
         initial_arrays=initial,
         model=model,
         store=store,
@@ -448,6 +493,13 @@ def build_run(
         model_factory=model_factory,
         system=system,
     )
+
+
+def _local_privacy(scenario: Scenario) -> LocalPrivacy | None:
+    privacy = scenario.privacy
+    if privacy is None or privacy.mode != "local":
+        return None
+    return LocalPrivacy(privacy.clip_norm, privacy.noise_multiplier, scenario.seed)
 
 
 def validate(scenario: Scenario) -> None:
@@ -467,4 +519,4 @@ def validate(scenario: Scenario) -> None:
     inputs = setup.strategy_inputs(node_of_client, "cpu")
     if inputs.participation_probabilities is None:  # an oracle baseline's stand-in
         inputs = replace(inputs, participation_probabilities=dict.fromkeys(inputs.node_ids, 1.0))
-    setup.strategy.build(inputs, scenario.source)
+    setup.build_strategy(inputs)
