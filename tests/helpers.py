@@ -256,3 +256,17 @@ def assert_png(path: Path, min_width: int = 300, min_height: int = 200) -> tuple
     assert width >= min_width and height >= min_height, (path, image.shape)
     assert image.std() > 0.01, f"{path} is blank"
     return width, height
+
+
+def tiny(**engine: object) -> dict:
+    """A two-round scenario on 4 digits clients, inline: the API's and trackers' tests."""
+    return {
+        "name": "tiny",
+        "seed": 3,
+        "rounds": 2,
+        "data": {"dataset": "digits", "num_clients": 4},
+        "model": {"name": "mlp", "hidden": [16]},
+        "client": {"local_steps": 5, "lr": 0.1},
+        "participation": {"pattern": "uniform", "clients_per_round": 2},
+        "engine": {"kind": "inline", **engine},
+    }

@@ -18,22 +18,9 @@ from flwr.serverapp.strategy import FedAvg
 import fedsim
 from fedsim.analysis import load_run
 from fedsim.trackers import read_tensorboard_scalars
-from tests.helpers import run_cli
+from tests.helpers import run_cli, tiny
 
 ROOT = Path(__file__).parent.parent
-
-
-def tiny(**engine: object) -> dict:
-    return {
-        "name": "tiny",
-        "seed": 3,
-        "rounds": 2,
-        "data": {"dataset": "digits", "num_clients": 4},
-        "model": {"name": "mlp", "hidden": [16]},
-        "client": {"local_steps": 5, "lr": 0.1},
-        "participation": {"pattern": "uniform", "clients_per_round": 2},
-        "engine": {"kind": "inline", **engine},
-    }
 
 
 def same_model(a: Path, b: Path) -> None:

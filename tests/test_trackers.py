@@ -19,18 +19,9 @@ import tomli_w
 
 import fedsim
 from fedsim.trackers import MlflowTracker, Trackers
-from tests.helpers import Crash, crash_after
+from tests.helpers import Crash, crash_after, tiny
 
-SCENARIO = {
-    "name": "tiny",
-    "seed": 3,
-    "rounds": 2,
-    "data": {"dataset": "digits", "num_clients": 4},
-    "model": {"name": "mlp", "hidden": [16]},
-    "client": {"local_steps": 5, "lr": 0.1},
-    "participation": {"pattern": "uniform", "clients_per_round": 2},
-    "engine": {"kind": "inline"},
-}
+SCENARIO = tiny()
 TRACKER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_MODE", "WANDB_PROJECT")
 
 
