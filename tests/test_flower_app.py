@@ -232,6 +232,13 @@ def test_flower_app_runs_inline_with_its_metrics_in_fedsims_tables(tmp_path: Pat
     for name in recorded:
         np.testing.assert_array_equal(recorded[name], from_app[name])
     assert run.config["flower"]["serverapp"] == "inlineapp.server_app:app"
+    # fedsim report reads it like any run: the per-client view from the app's own metric
+    from fedsim.analysis.report import write_report
+
+    report = write_report(run.path)
+    written = {path.name for path in report.figures.values()}
+    assert {"accuracy.png", "participation.png", "clients.png"} <= written
+    assert report.markdown.is_file()
 
 
 def test_participation_from_tool_fedsim_limits_each_rounds_nodes(tmp_path: Path) -> None:

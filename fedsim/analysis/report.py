@@ -355,6 +355,8 @@ def clients_figure(run: Run, metric: str = CLIENT_METRIC) -> Figure:
     ):
         shown = table.dropna(subset=["value", column])
         ax.scatter(shown[column], shown["value"], s=14, color="#08519c")
+        if shown.empty:  # e.g. a Flower app's own ClientApp: fedsim never saw its data
+            ax.text(0.5, 0.5, f"{label}: not recorded", ha="center", transform=ax.transAxes)
         ax.set_xlabel(label)
         ax.set_ylabel(f"last {metric}")
         ax.set_title(f"{metric} vs {column.replace('_', ' ')}")

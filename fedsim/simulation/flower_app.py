@@ -50,6 +50,7 @@ from fedsim.results import (
     SUMMARY_NAME,
     SUMMARY_ROUNDS,
     SUMMARY_WALL_TIME,
+    ClientFacts,
     RunWriter,
 )
 from fedsim.simulation.checkpoint import RunInterrupted
@@ -112,6 +113,17 @@ def run_flower_app(
     writer = RunWriter(run_dir, {**scenario.raw, FLOWER_TABLE: project_record(project)})
     pattern, faults = build_participation(scenario, None)
     n = scenario.data.num_clients
+    probabilities = getattr(pattern, "probabilities", None)
+    # The app's ClientApp holds its own data: fedsim knows only the nodes and their rates.
+    writer.client_facts(
+        ClientFacts(
+            n,
+            None,
+            None,
+            None,
+            None if probabilities is None else np.asarray(probabilities, np.float64),
+        )
+    )
 
     def reachable(rnd: int) -> np.ndarray:
         # Before the strategy starts (round 0) every node is there, as in Flower.
