@@ -35,13 +35,12 @@ def test_ray_run_trains_and_writes_tables(tmp_path: Path, ray_session: None) -> 
     assert "data.dataset" in both.columns and set(both["data.dataset"]) == {"digits"}
 
 
-@pytest.mark.slow
-def test_strategy_plugin_by_path_and_flower_strategy_by_name(
-    tmp_path: Path, ray_session: None
-) -> None:
+def test_strategy_plugin_by_path_and_flower_strategy_by_name(tmp_path: Path) -> None:
+    """On the inline engine: which strategy aggregates does not depend on the engine."""
     plugin = FIXTURES / "plugin_strategy.py"
     base = digits_scenario(participation={"pattern": "always"})
     base["rounds"] = 2
+    base["engine"] = {"kind": "inline"}
     finals = {}
     for label, strategy in {
         "fedavg": {"name": "fedavg"},
