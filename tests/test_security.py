@@ -29,7 +29,9 @@ import numpy as np
 import psutil
 import pytest
 import tomli_w
+from typer.testing import CliRunner
 
+from fedsim.cli import app as cli_app
 from fedsim.engine.ray_runtime import probe, ray_token
 from tests.helpers import digits_scenario, run_cli, write_scenario
 from tests.helpers_fake_runs import BASE, write_fake_run
@@ -168,7 +170,13 @@ def test_crafted_run_files_are_one_line_or_data(tmp_path: Path, name: str, conte
 # --- bad places to write -----------------------------------------------------------
 
 
-@pytest.mark.slow
+def cli_in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command run by the CLI's own code in this process (a check of ``--out`` needs
+    no process of its own)."""
+    result = CliRunner().invoke(cli_app, list(args))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
 @pytest.mark.parametrize("place", ["file", "/proc/nope"])
 def test_bad_out_is_one_line(tmp_path: Path, place: str) -> None:
     existing = tmp_path / "a-file"
@@ -186,7 +194,7 @@ def test_bad_out_is_one_line(tmp_path: Path, place: str) -> None:
     for args in commands:
         option = "--csv" if "--csv" in args else "--out"
         one_line_error(
-            run_cli(*args, cwd=tmp_path),
+            cli_in_process(*args),
             f"{option}: ",
             "/proc/nope" if place != "file" else str(existing),
         )
