@@ -154,6 +154,9 @@ def test_writer_snapshot_restores_rows(tmp_path: Path) -> None:
 
 
 def toy_scenario(strategy: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """The toy ClientApp on the inline engine: what Ray adds to a resume (the Contexts
+    of its actors, its processes killed with the run) is what the digits test and the
+    SIGINT test on Ray are about."""
     scenario: dict[str, Any] = {
         "name": "resumable",
         "seed": 5,
@@ -163,7 +166,7 @@ def toy_scenario(strategy: dict[str, Any], **changes: Any) -> dict[str, Any]:
         "client": {"app": f"{APP}:app"},
         "participation": {"pattern": "bernoulli", "rates": 0.6},
         "strategy": strategy,
-        "engine": {"num_actors": 1},
+        "engine": {"kind": "inline"},
         "checkpoint": {"every": 2},
     }
     scenario.update(changes)
@@ -219,11 +222,8 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("label", sorted(STRATEGIES))
-def test_crash_then_resume_is_identical_for_stateful_strategies(
-    tmp_path: Path, ray_session: None, label: str
-) -> None:
+def test_crash_then_resume_is_identical_for_stateful_strategies(tmp_path: Path, label: str) -> None:
     path = write_scenario(tmp_path, toy_scenario(STRATEGIES[label]), label)
     reference, _ = run_scenario(load_scenario(path), tmp_path / "reference")
     with pytest.raises(Crash):
@@ -233,8 +233,7 @@ def test_crash_then_resume_is_identical_for_stateful_strategies(
     assert_same_results(resumed, reference)
 
 
-@pytest.mark.slow
-def test_stop_request_checkpoints_and_resume_finishes(tmp_path: Path, ray_session: None) -> None:
+def test_stop_request_checkpoints_and_resume_finishes(tmp_path: Path) -> None:
     """What Ctrl-C does in the CLI: stop after the round in progress, checkpoint, say how."""
     scenario = toy_scenario({"name": "fedau"}, checkpoint={"every": 0})
     path = write_scenario(tmp_path, scenario, "stop")
@@ -264,14 +263,24 @@ def test_stop_request_checkpoints_and_resume_finishes(tmp_path: Path, ray_sessio
 SLOW_CLIENTS = {"every_sleep_s": 0.15}
 
 
+def reference_run(tmp_path: Path, scenario: dict[str, Any]) -> Path:
+    """The run never stopped, made here without SLOW_CLIENTS' sleep (which changes no
+    result, only how long a round takes)."""
+    fast = {**scenario, "client": {k: v for k, v in scenario["client"].items() if k != "config"}}
+    run_dir, _ = run_scenario(
+        load_scenario(write_scenario(tmp_path, fast, "reference")), tmp_path / "reference"
+    )
+    return run_dir
+
+
 @pytest.mark.slow
-def test_sigkill_at_a_random_round_then_resume_is_identical(
-    tmp_path: Path, ray_session: None
-) -> None:
+def test_sigkill_at_a_random_round_then_resume_is_identical(tmp_path: Path) -> None:
+    """On the inline engine; a SIGKILL that takes Ray's processes with it is the
+    benchmarks.kill_resume trial's (the last test)."""
     scenario = toy_scenario({"name": "fedau"}, rounds=8, checkpoint={"every": 1})
     scenario["client"]["config"] = SLOW_CLIENTS
     path = write_scenario(tmp_path, scenario, "killed")
-    reference, _ = run_scenario(load_scenario(path), tmp_path / "reference")
+    reference = reference_run(tmp_path, scenario)
     kill_round = random.Random(11).randint(1, 6)
     process = start_cli("run", str(path), "--out", "killed", cwd=tmp_path)
     wait_for_checkpoint(tmp_path / "killed", kill_round, process)
@@ -288,20 +297,20 @@ def test_sigkill_at_a_random_round_then_resume_is_identical(
 def test_sigint_stops_after_the_round_with_exit_130_and_resumes(
     tmp_path: Path, ray_session: None, kind: str
 ) -> None:
-    scenario = toy_scenario({"name": "mifa"}, rounds=12, checkpoint={"every": 2})
-    scenario["engine"]["kind"] = kind
+    scenario = toy_scenario({"name": "mifa"}, rounds=8, checkpoint={"every": 2})
+    scenario["engine"] = {"kind": kind, "num_actors": 1}
     scenario["client"]["config"] = SLOW_CLIENTS
     path = write_scenario(tmp_path, scenario, "interrupted")
-    reference, _ = run_scenario(load_scenario(path), tmp_path / "reference")
+    reference = reference_run(tmp_path, scenario)
     process = start_cli("run", str(path), "--out", "interrupted", cwd=tmp_path)
     wait_for_checkpoint(tmp_path / "interrupted", 2, process)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr
     stopped = load_checkpoint(tmp_path / "interrupted").round
-    assert 2 <= stopped < 12
+    assert 2 <= stopped < 8
     assert stderr.strip().splitlines()[-1] == (
-        f"interrupted after round {stopped} of 12; results so far in interrupted; "
+        f"interrupted after round {stopped} of 8; results so far in interrupted; "
         "continue with: fedsim resume interrupted"
     )
     assert "Traceback" not in stderr

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from fedsim.analysis import load_run, load_runs
+from fedsim.cli import app
 from fedsim.config import load_scenario
 from fedsim.models import build_model
 from fedsim.simulation import run_scenario
@@ -35,13 +37,12 @@ def test_ray_run_trains_and_writes_tables(tmp_path: Path, ray_session: None) -> 
     assert "data.dataset" in both.columns and set(both["data.dataset"]) == {"digits"}
 
 
-@pytest.mark.slow
-def test_strategy_plugin_by_path_and_flower_strategy_by_name(
-    tmp_path: Path, ray_session: None
-) -> None:
+def test_strategy_plugin_by_path_and_flower_strategy_by_name(tmp_path: Path) -> None:
+    """On the inline engine: which strategy aggregates does not depend on the engine."""
     plugin = FIXTURES / "plugin_strategy.py"
     base = digits_scenario(participation={"pattern": "always"})
     base["rounds"] = 2
+    base["engine"] = {"kind": "inline"}
     finals = {}
     for label, strategy in {
         "fedavg": {"name": "fedavg"},
@@ -108,15 +109,22 @@ def test_engines_agree_through_the_cli(tmp_path: Path) -> None:
     assert ray_run.participation[columns].equals(flower_run.participation[columns])
 
 
-def test_cli_user_errors_are_one_line_exit_2(tmp_path: Path) -> None:
+def test_cli_user_errors_are_one_line_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first through a ``fedsim run`` process; the others through the CLI's code in
+    this process (the same command, without an interpreter start each)."""
     bad = write_scenario(tmp_path, digits_scenario(client={"lr": "fast"}))
     done = run_cli("run", str(bad), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: {bad}: client.lr: expected a number, got 'fast'"
     assert "Traceback" not in done.stderr and done.stdout == ""
-    missing = run_cli("run", "nope.toml", cwd=tmp_path)
-    assert missing.returncode == 2
+    monkeypatch.chdir(tmp_path)
+    missing = CliRunner().invoke(app, ["run", "nope.toml"])
+    assert missing.exit_code == 2
     assert missing.stderr.strip() == "error: nope.toml: (file): expected an existing scenario file"
+    assert missing.stdout == ""
     plugin = write_scenario(tmp_path, digits_scenario(strategy={"name": "missing.py:X"}))
-    done = run_cli("run", str(plugin), cwd=tmp_path)
-    assert done.returncode == 2 and "strategy.name: expected an existing file" in done.stderr
+    done_in_process = CliRunner().invoke(app, ["run", str(plugin)])
+    assert done_in_process.exit_code == 2
+    assert "strategy.name: expected an existing file" in done_in_process.stderr

@@ -144,11 +144,11 @@ TINY = [
     "participation.clients_per_round=3",
     "client.local_steps=2",
     "model.hidden=[16]",
-    "engine.num_actors=1",
+    'engine.kind="inline"',  # the example strategy's part of a run is the same on Ray
 ]
 
 
-def test_runs_from_the_scenario_file(tmp_path: Path, ray_session: None) -> None:
+def test_runs_from_the_scenario_file(tmp_path: Path) -> None:
     scenario = load_scenario(SCENARIO, [*TINY, "strategy.normalise=similarity"])
     run_dir, summary = run_scenario(scenario, tmp_path / "run")
     run = load_run(run_dir)

@@ -53,7 +53,10 @@ def assert_same_model(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> Non
 
 @pytest.mark.slow
 def test_trace_and_script_run_end_to_end_through_the_cli(tmp_path: Path) -> None:
-    """`fedsim run` replays a trace file and a script exactly (every reachable client trains)."""
+    """`fedsim run` replays a trace file and a script exactly (every reachable client trains).
+
+    On the inline engine: who is reachable is decided around the engine (the actors'
+    part is the next test's)."""
     (tmp_path / "trace.csv").write_text(
         "round,client,available\n1,0,1\n1,2,1\n1,4,1\n2,1,1\n2,3,1\n2,5,1\n"
         "3,0,1\n3,1,1\n3,2,1\n3,3,1\n3,5,0\n"
@@ -71,7 +74,8 @@ def test_trace_and_script_run_end_to_end_through_the_cli(tmp_path: Path) -> None
         "script": {"pattern": "script", "script": "every.py:every", "script_args": {"k": 3}},
     }
     for name, participation in patterns.items():
-        path = write_scenario(tmp_path, small(participation), f"{name}.toml")
+        scenario = small(participation, engine={"kind": "inline", "num_actors": 1})
+        path = write_scenario(tmp_path, scenario, f"{name}.toml")
         done = run_cli("run", str(path), "--out", name, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         run = load_run(tmp_path / name)
@@ -128,17 +132,18 @@ def test_actors_do_not_change_participation_or_model(tmp_path: Path, ray_session
     np.testing.assert_array_equal(participation_matrix(load_run(tmp_path / "a1")), drawn)
 
 
-def test_in_round_faults_are_recorded_and_not_aggregated(tmp_path: Path, ray_session: None) -> None:
+def test_in_round_faults_are_recorded_and_not_aggregated(tmp_path: Path) -> None:
     """Dropouts and stragglers past the deadline are recorded, and the model is the one
-    trained by the clients that replied alone."""
+    trained by the clients that replied alone (on the inline engine: the faults are
+    simulated around the engine)."""
     participation = {
         "pattern": "always",
         "dropout": 0.3,
         "latency": {"distribution": "constant", "params": {"value": [1, 1, 1, 1, 5, 5]}},
         "deadline": 2.0,
     }
-    one_actor = {"num_actors": 1}
-    path = write_scenario(tmp_path, small(participation, engine=one_actor), "faults.toml")
+    inline = {"kind": "inline", "num_actors": 1}
+    path = write_scenario(tmp_path, small(participation, engine=inline), "faults.toml")
     run_dir, _ = run_scenario(load_scenario(path), tmp_path / "faults")
     run = load_run(run_dir)
     part = run.participation.set_index(["round", "client"]).sort_index()
@@ -169,7 +174,7 @@ def test_in_round_faults_are_recorded_and_not_aggregated(tmp_path: Path, ray_ses
     trace.to_csv(tmp_path / "replied.csv", index=False)
     path = write_scenario(
         tmp_path,
-        small({"pattern": "trace", "trace": "replied.csv"}, engine=one_actor),
+        small({"pattern": "trace", "trace": "replied.csv"}, engine=inline),
         "replayed.toml",
     )
     replay_dir, _ = run_scenario(load_scenario(path), tmp_path / "replayed")
