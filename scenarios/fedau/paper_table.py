@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedsim.analysis import load_run, load_sweep, omega_vs_probability
+from fedsim.analysis import load_run, load_runs, omega_vs_probability
 
 PATTERNS = ("bernoulli", "markov", "cyclic")
 METHODS = (
@@ -32,6 +32,12 @@ METHODS = (
     "MIFA",
     "FedVARP",
 )
+
+
+def complete_runs(sweep: Path) -> list[Path]:
+    """The finished runs under ``sweep`` (any invocation's: ``sweep.json`` lists only the
+    last one's, and these sweeps were run one seed at a time)."""
+    return sorted(d for d in sweep.iterdir() if (d / "summary.json").is_file())
 
 
 def method_of(name: str, rule: object) -> str:
@@ -50,7 +56,7 @@ def method_of(name: str, rule: object) -> str:
 
 
 def run_rows(sweep: Path) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
-    frame = load_sweep(sweep)
+    frame = load_runs(complete_runs(sweep))
     rows, curves = [], {}
     for run, group in frame.groupby("run"):
         central = group[(group["phase"] == "central") & group["client"].isna()]
@@ -201,7 +207,7 @@ def main() -> None:
     args = parser.parse_args()
     parts, curves = [], {}
     for name in ("main", "participating"):
-        if (args.runs / name).is_dir():
+        if (args.runs / name).is_dir() and complete_runs(args.runs / name):
             rows, more = run_rows(args.runs / name)
             parts.append(rows)
             curves.update(more)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.analysis import load_sweep
+from fedsim.analysis import load_runs
 from fedsim.paper_tables import evaluate_final_model
 
 SETUPS = {"reference": "20 clients, all", "hard_100": "100 clients, 10 %"}
@@ -31,6 +31,12 @@ METHODS = {
     "fedlaw": "FedLAW",
 }
 SHOWN_ROUNDS = (1, 10, 50, 100, 200)
+
+
+def complete_runs(sweep: Path) -> list[Path]:
+    """The finished runs under ``sweep`` (any invocation's: ``sweep.json`` lists only the
+    last one's, and these sweeps were run one seed at a time)."""
+    return sorted(d for d in sweep.iterdir() if (d / "summary.json").is_file())
 
 
 def entropy_curve(server: pd.DataFrame) -> pd.Series:
@@ -50,7 +56,7 @@ def entropy_curve(server: pd.DataFrame) -> pd.Series:
 
 
 def run_rows(sweep: Path, setup: str) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    frame = load_sweep(sweep)
+    frame = load_runs(complete_runs(sweep))
     rows, curves = [], {}
     for run, group in frame.groupby("run"):
         method = str(group["strategy.name"].iloc[0])
@@ -226,7 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     parts, curves = [], {}
     for setup in SETUPS:
-        if (args.runs / setup).is_dir():
+        if (args.runs / setup).is_dir() and complete_runs(args.runs / setup):
             rows, more = run_rows(args.runs / setup, setup)
             parts.append(rows)
             curves.update(more)

@@ -1,11 +1,12 @@
 """The network-size tables and figure of docs/gossip-results.md, from the sweeps of
-size_rr8.toml and size_ring.toml.
+size_rr8.toml, size_ring.toml and size_rr8_1step.toml.
 
-Reads every complete run under RUNS/size_rr8 and RUNS/size_ring, writes one row per run
-(round-1 variance ratio, rounds to each target accuracy, accuracies, wall time) and the
-seed-mean accuracy curves as CSV under --data, draws --figure, and prints the page's
-markdown tables. Accuracy is the mean over the nodes of each node's own model on the
-held-out test set (``node_accuracy_mean``); for FedAvg the global model's ``accuracy``.
+Reads every complete run under RUNS/size_rr8, RUNS/size_ring and RUNS/size_rr8_1step,
+writes one row per run (round-1 variance ratio, rounds to each target accuracy,
+accuracies, wall time) and the seed-mean accuracy curves as CSV under --data, draws
+--figure, and prints the page's markdown tables. Accuracy is the mean over the nodes of
+each node's own model on the held-out test set (``node_accuracy_mean``); for FedAvg the
+global model's ``accuracy``.
 
     python scenarios/gossip/size_table.py /work/runs-papers/gossip \\
         --data docs/results-data/gossip --figure docs/figures/gossip-size.png
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.analysis import load_sweep
+from fedsim.analysis import load_runs
 
 TARGETS = (0.6, 0.8, 0.9)
 METHODS = {
@@ -29,7 +30,17 @@ METHODS = {
     "dpsgd": "D-PSGD",
     "fedavg": "FedAvg",
 }
-TOPOLOGIES = {"size_rr8": "random regular, degree 8", "size_ring": "ring"}
+TOPOLOGIES = {
+    "size_rr8": "random regular, degree 8",
+    "size_ring": "ring",
+    "size_rr8_1step": "random regular, degree 8, 1 local step",
+}
+
+
+def complete_runs(sweep: Path) -> list[Path]:
+    """The finished runs under ``sweep`` (any invocation's: ``sweep.json`` lists only the
+    last one's, and these sweeps were run one seed at a time)."""
+    return sorted(d for d in sweep.iterdir() if (d / "summary.json").is_file())
 
 
 def first_reach(curve: pd.Series, target: float) -> float:
@@ -44,7 +55,7 @@ def first_reach(curve: pd.Series, target: float) -> float:
 
 def run_rows(sweep: Path, topology: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per complete run of one sweep directory."""
-    frame = load_sweep(sweep)
+    frame = load_runs(complete_runs(sweep))
     rows = []
     for run, group in frame.groupby("run"):
         central = group[(group["phase"] == "central") & group["client"].isna()]
@@ -96,7 +107,7 @@ def speedups(runs: pd.DataFrame) -> pd.DataFrame:
     """Per topology × size × seed: plain over corrected rounds to each target (paired by seed;
     a target plain gossip never reached counts as its horizon, a lower bound, marked)."""
     rows = []
-    for (topology, nodes, seed), group in runs.groupby(["topology", "nodes", "seed"]):
+    for (topology, nodes, seed), group in runs.groupby(["topology", "nodes", "seed"], sort=False):
         by = group.set_index("method")
         if not {"gossip", "gossip-vc"} <= set(by.index):
             continue
@@ -120,11 +131,11 @@ def results_markdown(runs: pd.DataFrame) -> str:
     head = (
         "| graph | nodes | method | round-1 variance ratio | "
         + " | ".join(f"rounds to ≥ {t}" for t in TARGETS)
-        + " | acc. r10 | acc. r80 | node spread r80 |"
+        + " | acc. r10 | final acc. | final node spread |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     order = {m: i for i, m in enumerate(METHODS)}
-    for (topology, nodes), group in runs.groupby(["topology", "nodes"], sort=True):
+    for (topology, nodes), group in runs.groupby(["topology", "nodes"], sort=False):
         for method, g in sorted(group.groupby("method"), key=lambda kv: order[kv[0]]):
             ratio = "—" if method == "fedavg" else f"{g['variance_ratio_r1'].mean():.3f}"
             spread = "—" if method == "fedavg" else f"{g['spread_final'].mean():.3f}"
@@ -144,7 +155,7 @@ def speedup_markdown(speed: pd.DataFrame) -> str:
         + " | mean |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for (topology, nodes), g in speed.groupby(["topology", "nodes"], sort=True):
+    for (topology, nodes), g in speed.groupby(["topology", "nodes"], sort=False):
         cells = []
         for t in TARGETS:
             values = [
@@ -167,8 +178,8 @@ def figure(runs: pd.DataFrame, speed: pd.DataFrame, curves: pd.DataFrame, path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=80)
-    for topology, marker in (("size_rr8", "o"), ("size_ring", "s")):
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), dpi=72)
+    for topology, marker in (("size_rr8", "o"), ("size_ring", "s"), ("size_rr8_1step", "^")):
         g = speed[speed["topology"] == topology]
         if not len(g):
             continue
@@ -180,7 +191,7 @@ def figure(runs: pd.DataFrame, speed: pd.DataFrame, curves: pd.DataFrame, path: 
                 yerr=m["std"],
                 marker=marker,
                 color=colour,
-                linestyle="-" if topology == "size_rr8" else "--",
+                linestyle={"size_rr8": "-", "size_ring": "--"}.get(topology, ":"),
                 label=f"{TOPOLOGIES[topology]}, to {t:g}",
                 capsize=3,
             )
@@ -189,13 +200,15 @@ def figure(runs: pd.DataFrame, speed: pd.DataFrame, curves: pd.DataFrame, path: 
     axes[0].set_title("speed-up of variance correction")
     axes[0].legend(fontsize=7)
     axes[0].set_xticks([50, 100, 200])
-    for ax, topology in zip(axes[1:], ("size_rr8", "size_ring"), strict=True):
+    for ax, topology in zip(axes[1:], TOPOLOGIES, strict=True):
         for method, colour in zip(METHODS, ("C3", "C0", "C2", "k"), strict=True):
             for nodes, style in ((50, ":"), (200, "-")):
                 sel = runs[
                     (
                         runs["topology"].isin(
-                            [topology, "size_rr8"] if method == "fedavg" else [topology]
+                            ["size_rr8"]
+                            if method == "fedavg" and topology == "size_ring"
+                            else [topology]
                         )
                     )
                     & (runs["method"] == method)
@@ -221,19 +234,22 @@ def figure(runs: pd.DataFrame, speed: pd.DataFrame, curves: pd.DataFrame, path: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=Path, help="folder holding size_rr8/ and size_ring/")
+    parser.add_argument("runs", type=Path, help="folder holding the sweeps (size_rr8/, ...)")
     parser.add_argument("--data", type=Path, help="write runs.csv, speedups.csv, curves.csv here")
     parser.add_argument("--figure", type=Path, help="write the PNG here")
     args = parser.parse_args()
     parts, curve_parts = [], []
     for name in TOPOLOGIES:
-        if (args.runs / name).is_dir():
+        if (args.runs / name).is_dir() and complete_runs(args.runs / name):
             runs, curves = run_rows(args.runs / name, name)
             curves.columns = [f"{name}/{c}" for c in curves.columns]
             runs["run"] = [f"{name}/{r}" for r in runs["run"]]
             parts.append(runs)
             curve_parts.append(curves)
     runs = pd.concat(parts, ignore_index=True)
+    order = runs["topology"].map(list(TOPOLOGIES).index)
+    runs = runs.assign(_order=order).sort_values(["_order", "nodes", "method", "seed"])
+    runs = runs.drop(columns="_order").reset_index(drop=True)
     curves = pd.concat(curve_parts, axis=1)
     speed = speedups(runs)
     print(results_markdown(runs), speedup_markdown(speed), sep="\n\n")
