@@ -127,6 +127,48 @@ def speedups(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def equal_accuracy_speedups(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Per topology × size × seed: the round plain gossip first reaches its own final
+    accuracy over the round the corrected gossip first reaches it (no censoring: every
+    plain run reaches its own final accuracy)."""
+    rows = []
+    for (topology, nodes, seed), group in runs.groupby(["topology", "nodes", "seed"], sort=False):
+        by = group.set_index("method")["run"]
+        if not {"gossip", "gossip-vc"} <= set(by.index):
+            continue
+        plain, vc = curves[by["gossip"]].dropna(), curves[by["gossip-vc"]].dropna()
+        level = float(plain.iloc[-1])
+        rows.append(
+            {
+                "topology": topology,
+                "nodes": nodes,
+                "seed": seed,
+                "level": level,
+                "plain_round": first_reach(plain, level),
+                "corrected_round": first_reach(vc, level),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    frame["speedup"] = frame["plain_round"] / frame["corrected_round"]
+    return frame
+
+
+def equal_accuracy_markdown(equal: pd.DataFrame) -> str:
+    lines = [
+        "| graph | nodes | plain gossip's final accuracy | its round | corrected gossip's round "
+        "| speed-up (per seed) | mean ± std |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (topology, nodes), g in equal.groupby(["topology", "nodes"], sort=False):
+        values = ", ".join(f"{v:.1f}" for v in g["speedup"])
+        lines.append(
+            f"| {TOPOLOGIES[topology]} | {nodes} | {g['level'].mean():.3f} | "
+            f"{g['plain_round'].mean():.0f} | {g['corrected_round'].mean():.0f} | {values} | "
+            f"{mean_std(g['speedup']).split(' (')[0]} |"
+        )
+    return "\n".join(lines)
+
+
 def results_markdown(runs: pd.DataFrame) -> str:
     head = (
         "| graph | nodes | method | round-1 variance ratio | "
@@ -252,12 +294,16 @@ def main() -> None:
     runs = runs.drop(columns="_order").reset_index(drop=True)
     curves = pd.concat(curve_parts, axis=1)
     speed = speedups(runs)
-    print(results_markdown(runs), speedup_markdown(speed), sep="\n\n")
+    equal = equal_accuracy_speedups(runs, curves)
+    print(
+        results_markdown(runs), speedup_markdown(speed), equal_accuracy_markdown(equal), sep="\n\n"
+    )
     print(f"\n{len(runs)} runs, {runs['wall_s'].sum() / 60:.1f} min of run wall time in all")
     if args.data:
         args.data.mkdir(parents=True, exist_ok=True)
         runs.drop(columns="run").round(4).to_csv(args.data / "runs.csv", index=False)
         speed.round(3).to_csv(args.data / "speedups.csv", index=False)
+        equal.round(4).to_csv(args.data / "equal_accuracy_speedups.csv", index=False)
         keyed = runs.set_index("run")
         mean_curves = {}
         for (topology, nodes, method), g in keyed.groupby(["topology", "nodes", "method"]):
