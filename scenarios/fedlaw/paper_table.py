@@ -6,7 +6,8 @@ model on the common test set of its seed (the test split minus the proxy set, wh
 and the proxy-tuned FedAvg are evaluated on; FedAvg on the whole split); writes one row per
 run and the seed-mean γ and λ-entropy curves as CSV under --data, draws --figure and prints
 the page's markdown. λ entropy is H(λ)/log K over the K clients aggregated in the round
-(1: uniform weights; FedLAW starts at λ = p, the example shares).
+(1: uniform weights; FedLAW starts every round at λ = p, the example shares, whose
+entropy, mean over rounds, is the "p entropy" column).
 
     python scenarios/fedlaw/paper_table.py /work/runs-papers/fedlaw \\
         --data docs/results-data/fedlaw --figure docs/figures/fedlaw-gamma.png
@@ -69,6 +70,12 @@ def run_rows(sweep: Path, setup: str) -> tuple[pd.DataFrame, dict[str, pd.DataFr
         gamma = gamma.set_index("round")["value"].sort_index()
         lam = group[(group["phase"] == "server") & (group["metric"] == "lambda")]
         entropy = entropy_curve(lam) if len(lam) else pd.Series(dtype=float)
+        counts = group[(group["phase"] == "train") & (group["metric"] == "num-examples")]
+        counts = counts[counts["client"].notna()]
+        shares = counts.assign(
+            value=counts["value"] / counts.groupby("round")["value"].transform("sum")
+        )
+        p_entropy = entropy_curve(shares)
         summary = json.loads((sweep / str(run) / "summary.json").read_text())
         rows.append(
             {
@@ -86,6 +93,7 @@ def run_rows(sweep: Path, setup: str) -> tuple[pd.DataFrame, dict[str, pd.DataFr
                 "gamma_share_below_1": float((gamma < 1).mean()) if len(gamma) else np.nan,
                 "entropy_end": float(entropy.iloc[-1]) if len(entropy) else np.nan,
                 "entropy_mean": float(entropy.mean()) if len(entropy) else np.nan,
+                "p_entropy_mean": float(p_entropy.mean()),
                 "rounds": int(last),
                 "wall_s": float(summary["wall_time_s"]),
                 "path": str(sweep / str(run)),
@@ -126,7 +134,8 @@ def ms(values: pd.Series, digits: int = 3) -> str:
 def results_markdown(runs: pd.DataFrame) -> str:
     head = (
         "| setup | data | method | seeds | final acc | last-10 % mean | best | final acc, common "
-        "test set | γ end | γ mean | share of rounds γ < 1 | λ entropy end | wall s/run |"
+        "test set | γ end | γ mean | share of rounds γ < 1 | λ entropy end | p entropy | "
+        "wall s/run |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (setup, dataset), group in runs.groupby(["setup", "dataset"], sort=False):
@@ -139,6 +148,7 @@ def results_markdown(runs: pd.DataFrame) -> str:
                 f"{ms(g['acc_final'])} | {ms(g['acc_last10pct'])} | {ms(g['acc_best'])} | "
                 f"{ms(g['acc_common'])} | {ms(g['gamma_end'])} | {ms(g['gamma_mean'])} | "
                 f"{ms(g['gamma_share_below_1'], 2)} | {ms(g['entropy_end'])} | "
+                f"{ms(g['p_entropy_mean'])} | "
                 f"{g['wall_s'].mean():.0f} |"
             )
     return "\n".join(lines)
