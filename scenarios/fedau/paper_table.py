@@ -1,7 +1,8 @@
 """The tables and figure of docs/fedau-results.md, from the sweeps of paper_mnist1d.toml and
 paper_mnist1d_participating.toml.
 
-Reads every complete run under RUNS/main and RUNS/participating; writes one row per run
+Reads every complete run under RUNS/main and RUNS/participating (and RUNS/lr_validation,
+the validation-seed learning-rate sweep, when there); writes one row per run
 (mean accuracy over the last 10 % of the rounds, final accuracy, wall time) and the FedAU
 runs' ω against 1/p_n (per client) as CSV under --data, draws --figure (seed-mean accuracy
 per pattern, and ω against 1/p_n) and prints the page's markdown: accuracy per method and
@@ -162,6 +163,43 @@ def omega_markdown(omega: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def validation_markdown(sweep: Path) -> tuple[str, pd.DataFrame]:
+    """lr_validation.toml's sweep: each method's last-10 % accuracy per local learning
+    rate on the validation seed, the best in bold."""
+    frame = load_runs(complete_runs(sweep))
+    rows = []
+    for _, group in frame.groupby("run"):
+        central = group[(group["phase"] == "central") & group["client"].isna()]
+        accuracy = central[central["metric"] == "accuracy"].set_index("round")["value"]
+        last = accuracy.index.max()
+        rule = group["strategy.rule"].iloc[0] if "strategy.rule" in group else "participating"
+        rows.append(
+            {
+                "method": method_of(str(group["strategy.name"].iloc[0]), rule),
+                "lr": float(group["client.lr"].iloc[0]),
+                "acc_last10pct": 100 * float(accuracy[accuracy.index > 0.9 * last].mean()),
+                "rounds": int(last),
+            }
+        )
+    table = pd.DataFrame(rows)
+    rates = sorted(table["lr"].unique())
+    lines = [
+        "| method | " + " | ".join(f"lr {r:g}" for r in rates) + " | chosen |",
+        "|---|" + "---|" * (len(rates) + 1),
+    ]
+    for method in METHODS:
+        g = table[table["method"] == method].set_index("lr")["acc_last10pct"]
+        if not len(g):
+            continue
+        best = g.idxmax()
+        cells = [
+            "—" if r not in g.index else (f"**{g[r]:.1f}**" if r == best else f"{g[r]:.1f}")
+            for r in rates
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {best:g} |")
+    return "\n".join(lines), table
+
+
 def figure(
     runs: pd.DataFrame, curves: dict[str, pd.Series], omega: pd.DataFrame, path: Path
 ) -> None:
@@ -224,10 +262,17 @@ def main() -> None:
     )
     print("\nω:\n" + omega_markdown(omega))
     print(f"\n{len(runs)} runs, {runs['wall_s'].sum() / 60:.1f} min of run wall time in all")
+    validation = args.runs / "lr_validation"
+    chosen = None
+    if validation.is_dir() and complete_runs(validation):
+        text, chosen = validation_markdown(validation)
+        print("\nvalidation seed:\n" + text)
     if args.data:
         args.data.mkdir(parents=True, exist_ok=True)
         runs.drop(columns="path").round(3).to_csv(args.data / "runs.csv", index=False)
         omega.round(4).to_csv(args.data / "omega.csv", index=False)
+        if chosen is not None:
+            chosen.round(3).to_csv(args.data / "lr_validation.csv", index=False)
         means = {}
         for (pattern, method), g in runs.groupby(["pattern", "method"]):
             mean = pd.concat([curves[p] for p in g["path"]], axis=1).mean(axis=1)
