@@ -218,7 +218,7 @@ def figure(
                 ax.plot(smooth.index, 100 * smooth.values, color=colour, linewidth=1, label=method)
         ax.set_title(f"{pattern}: test accuracy (%)")
         ax.set_xlabel("round")
-        ax.set_ylim(20, 80)
+        ax.set_ylim(50, 95)
     axes[0].legend(fontsize=6)
     for pattern, marker in zip(PATTERNS, ("o", "s", "^"), strict=True):
         sel = omega[omega["pattern"] == pattern]
