@@ -200,6 +200,42 @@ def validation_markdown(sweep: Path) -> tuple[str, pd.DataFrame]:
     return "\n".join(lines), table
 
 
+def tuned_markdown(runs: pd.DataFrame, tuned: pd.DataFrame, chosen: pd.DataFrame) -> str:
+    """Bernoulli at each method's validation-chosen local lr (its reference-rate runs
+    where it kept that rate): last-10 % accuracy and FedAU's paired difference."""
+    best = chosen.loc[chosen.groupby("method")["acc_last10pct"].idxmax()].set_index("method")
+    reference = runs[runs["pattern"] == "bernoulli"]
+    picked = []
+    for method in METHODS:
+        if method not in best.index:
+            continue
+        lr = float(best.loc[method, "lr"])
+        mine = tuned[tuned["method"] == method] if len(tuned) else tuned
+        source = mine if len(mine) else reference[reference["method"] == method]
+        picked.append(source.assign(method=method, lr=lr))
+    table = pd.concat(picked, ignore_index=True)
+    by = table.set_index(["method", "seed"])["acc_last10pct"]
+    lines = [
+        "| method | chosen local lr | last-10 % accuracy (%) | FedAU − method, per seed |",
+        "|---|---|---|---|",
+    ]
+    for method, g in table.groupby("method", sort=False):
+        if method == "FedAU" or "FedAU" not in by.index.get_level_values(0):
+            diff_text = "—"
+        else:
+            diff = (by["FedAU"] - by[method]).dropna()
+            std = diff.std(ddof=1) if len(diff) > 1 else 0.0
+            values = ", ".join(f"{d:+.1f}" for d in diff)
+            diff_text = (
+                f"{diff.mean():+.1f} ± {std:.1f} [{values}] ({int((diff > 0).sum())}/{len(diff)})"
+            )
+        lines.append(
+            f"| {method} | {g['lr'].iloc[0]:g} | {ms(g['acc_last10pct'])} ({len(g)}) | "
+            f"{diff_text} |"
+        )
+    return "\n".join(lines)
+
+
 def figure(
     runs: pd.DataFrame, curves: dict[str, pd.Series], omega: pd.DataFrame, path: Path
 ) -> None:
@@ -267,6 +303,12 @@ def main() -> None:
     if validation.is_dir() and complete_runs(validation):
         text, chosen = validation_markdown(validation)
         print("\nvalidation seed:\n" + text)
+        tuned_dirs = (
+            sorted((args.runs / "tuned").glob("*")) if (args.runs / "tuned").is_dir() else []
+        )
+        tuned_parts = [run_rows(d)[0] for d in tuned_dirs if complete_runs(d)]
+        tuned = pd.concat(tuned_parts, ignore_index=True) if tuned_parts else pd.DataFrame()
+        print("\ntuned, bernoulli:\n" + tuned_markdown(runs, tuned, chosen))
     if args.data:
         args.data.mkdir(parents=True, exist_ok=True)
         runs.drop(columns="path").round(3).to_csv(args.data / "runs.csv", index=False)
