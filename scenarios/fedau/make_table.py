@@ -1,5 +1,6 @@
-"""FedAU against its baselines (6 methods × 3 participation patterns × seeds):
-docs/fedau-results.md.
+"""FedAU against its baselines (6 methods × 3 participation patterns × seeds), scaled
+down: runs/fedau/scaled-results.md (docs/fedau-results.md, at the paper's scale, is
+paper_table.py's).
 
 FedAU (Wang & Ji, ICLR 2024, https://arxiv.org/abs/2306.03401; reference code
 github.com/IBM/fedau) claims that weighting each participant by ω_n, an online estimate of
@@ -407,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         (__doc__ or "").splitlines()[0],
         seeds=SEEDS,
         runs=Path("runs/fedau"),
-        doc=Path("docs/fedau-results.md"),
+        doc=Path("runs/fedau/scaled-results.md"),
     )
     parser.add_argument("--patterns", default=",".join(PATTERNS))
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time per sweep")

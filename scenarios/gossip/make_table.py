@@ -1,4 +1,7 @@
-"""Gossip, variance-corrected gossip, D-PSGD and FedAvg: docs/gossip-results.md.
+"""Gossip, variance-corrected gossip, D-PSGD and FedAvg, scaled down.
+
+It writes runs/gossip/scaled-results.md; docs/gossip-results.md, along network
+size, is size_table.py's.
 
 The question is Tian et al. 2024's claim ("Vanishing Variance Problem in Fully
 Decentralized Neural-Network Systems", https://arxiv.org/abs/2404.04616): from
@@ -149,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         __doc__.split("\n\n")[0],
         seeds=(1, 2, 3),
         runs=Path("runs/gossip"),
-        doc=Path("docs/gossip-results.md"),
+        doc=Path("runs/gossip/scaled-results.md"),
     )
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--targets", type=float, nargs="+", default=[0.6, 0.8])
