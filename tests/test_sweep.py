@@ -228,6 +228,18 @@ def test_a_changed_scenario_does_not_mix_with_complete_runs(tmp_path: Path) -> N
     assert len(outcome.skipped) == 2 and outcome.ran == ["strategy.name=fedlaw,seed=1"]
 
 
+def test_more_seeds_into_the_same_directory_keep_the_earlier_runs(tmp_path: Path) -> None:
+    path = write_scenario(tmp_path, BASE)
+    run_sweep(plan_sweep(path, grid=GRID[:1], seeds=[1], out=tmp_path / "o"), run=fake_run_scenario)
+    run_sweep(plan_sweep(path, grid=GRID[:1], seeds=[2], out=tmp_path / "o"), run=fake_run_scenario)
+    names = [run.name for run in find_runs(tmp_path / "o")]
+    assert sorted(names) == sorted(
+        f"strategy.name={s},seed={seed}" for s in ("fedavg", "fedau") for seed in (1, 2)
+    )
+    manifest = json.loads((tmp_path / "o" / "sweep.json").read_text())
+    assert manifest["seeds"] == [2] and len(manifest["runs"]) == 4
+
+
 def test_failures_are_recorded_and_scenario_mistakes_stop_the_sweep(tmp_path: Path) -> None:
     plan = plan_sweep(write_scenario(tmp_path, BASE), grid=GRID[:1], out=tmp_path / "o")
 

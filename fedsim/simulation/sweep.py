@@ -415,27 +415,42 @@ def check_resumable(plan: SweepPlan) -> None:
 
 
 class _Manifest:
-    """``sweep.json``: the plan and each run's status, rewritten atomically on change."""
+    """``sweep.json``: the plan and each run's status, rewritten atomically on change.
+
+    A sweep run again into the same directory with other seeds or grid points keeps
+    the earlier invocations' runs in the list (after this plan's), so the analysis
+    finds all of them; the plan fields describe the latest invocation."""
 
     def __init__(self, plan: SweepPlan) -> None:
         self.path = plan.directory / SWEEP_MANIFEST
+        planned = [
+            {
+                "name": point.name,
+                "settings": point.settings,
+                "status": "complete" if is_complete(plan.run_dir(point)) else "pending",
+            }
+            for point in plan.points
+        ]
+        names = {run["name"] for run in planned}
+        earlier = [run for run in self._earlier_runs() if run.get("name") not in names]
         self.content: dict[str, Any] = {
             "format": 1,
             "scenario": str(plan.scenario_file.resolve()),
             "overrides": list(plan.overrides),
             "grid": plan.grid,
             "seeds": plan.seeds,
-            "runs": [
-                {
-                    "name": point.name,
-                    "settings": point.settings,
-                    "status": "complete" if is_complete(plan.run_dir(point)) else "pending",
-                }
-                for point in plan.points
-            ],
+            "runs": planned + earlier,
         }
         self.runs = {run["name"]: run for run in self.content["runs"]}
         self.write()
+
+    def _earlier_runs(self) -> list[dict[str, Any]]:
+        """The runs an existing ``sweep.json`` here lists (none if it is unreadable)."""
+        try:
+            runs = json.loads(self.path.read_text()).get("runs", [])
+        except (OSError, ValueError, AttributeError):
+            return []
+        return [run for run in runs if isinstance(run, dict) and isinstance(run.get("name"), str)]
 
     def update(self, name: str, **fields: Any) -> None:
         run = self.runs[name]
