@@ -264,6 +264,23 @@ def test_participation_from_tool_fedsim_limits_each_rounds_nodes(tmp_path: Path)
     pd.testing.assert_frame_equal(participation, again)
 
 
+def test_a_serverapp_without_strategy_start_runs_and_says_it_has_no_rounds(
+    tmp_path: Path,
+) -> None:
+    project = write_app(tmp_path, "loopapp")
+    (project / "loopapp" / "server_app.py").write_text(
+        "from flwr.serverapp import Grid, ServerApp\n"
+        "app = ServerApp()\n\n\n"
+        "@app.main()\n"
+        "def main(grid: Grid, context) -> None:\n"
+        "    assert sorted(grid.get_node_ids()) and context.run_config['lr'] == 0.1\n"
+    )
+    run = fedsim.run_app(project, out=tmp_path / "run", engine="inline")
+    assert run.summary is not None and run.summary["rounds"] == 0
+    assert [e["event"] for e in run.events] == ["no_strategy_start"]
+    assert not (run.path / "final_model.npz").exists()
+
+
 @pytest.mark.slow
 def test_flower_app_on_ray_and_on_flowers_runtime_reach_the_same_model(
     tmp_path: Path, ray_session: None

@@ -117,11 +117,13 @@ def run_flower_app(
     # The app's ClientApp holds its own data: fedsim knows only the nodes and their rates.
     writer.client_facts(
         ClientFacts(
-            n,
-            None,
-            None,
-            None,
-            None if probabilities is None else np.asarray(probabilities, np.float64),
+            num_clients=n,
+            train_examples=None,
+            test_examples=None,
+            label_mix=None,
+            participation_probability=None
+            if probabilities is None
+            else np.asarray(probabilities, np.float64),
         )
     )
 
