@@ -3,7 +3,7 @@
 For each workload (:mod:`benchmarks.workloads`) it runs the plain PyTorch loop, fedsim's Ray
 engine one message at a time (``fedsim``) and with cohort training (``fedsim+cohort``),
 with one worker also fedsim's inline engine both ways (``inline``, ``inline+cohort``), and
-Flower's ``run_simulation`` (fedsim's ``engine.kind = "flower"``), each in a fresh process
+Flower's simulation runtime (fedsim's ``engine.kind = "flower"``), each in a fresh process
 (:mod:`benchmarks.worker`), alternating the ways within every repetition and rotating which
 goes first, so slow phases of a shared machine hit all of them. Where Ray is not installed
 (a GPU machine with torch only) the ways are the inline ones and the plain loop. It prints
@@ -473,7 +473,7 @@ def targets(rows: list[dict[str, Any]], device: str) -> list[dict[str, Any]]:
                 "target": f"Flower >= 10 x {fast}",
                 "measured": speedup,
                 "met": speedup >= 10,
-                "how": "median round time of Flower's run_simulation over this way's",
+                "how": "median round time of Flower's simulation runtime over this way's",
             }
         )
     return out
@@ -562,7 +562,7 @@ def way_note(device: str, have_ray: bool) -> str:
     where = "GPU ways are inline ones" if device == "cuda" else "the ways are inline ones"
     return (
         f"{where} (no Ray on this machine, so neither fedsim's Ray engine nor Flower's "
-        "run_simulation): plain, inline, inline+cohort"
+        "simulation runtime): plain, inline, inline+cohort"
     )
 
 

@@ -18,7 +18,7 @@ and keeps fedsim's result writing, which is part of what fedsim costs.
 The ways (:data:`ENGINE_OF`): ``plain`` (:mod:`benchmarks.plain_loop`); fedsim's Ray
 engine one message at a time (``fedsim``, ``engine.cohort = "off"``) and with cohort
 training (``fedsim+cohort``, ``"auto"``); its inline engine the same two ways (``inline``,
-``inline+cohort``); and Flower's ``run_simulation`` (``flower``). Every way sets
+``inline+cohort``); and Flower's simulation runtime (``flower``). Every way sets
 ``engine.cohort`` explicitly, so the baselines stay one-at-a-time whatever the default.
 """
 
@@ -42,7 +42,7 @@ ENGINE_OF: dict[str, tuple[str, str]] = {
     "inline+cohort": ("inline", "auto"),
     "flower": ("flower", "off"),
 }
-# Ways that need Ray (Flower's run_simulation runs on Ray too).
+# Ways that need Ray (Flower's simulation runtime runs on Ray too).
 RAY_WAYS = frozenset(way for way, (kind, _) in ENGINE_OF.items() if kind != "inline")
 COHORT_WAYS = frozenset(way for way, (_, cohort) in ENGINE_OF.items() if cohort != "off")
 WAYS = ("plain", "fedsim", "fedsim+cohort", "flower")
