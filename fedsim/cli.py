@@ -119,10 +119,10 @@ def run(
     ] = None,
 ) -> None:
     """Run a scenario (or a Flower app project) and print where its results are."""
-    from fedsim import api
     from fedsim.config import Scenario
+    from fedsim.errors import RunInterrupted
     from fedsim.flower_project import is_flower_project
-    from fedsim.simulation.checkpoint import RunInterrupted
+    from fedsim.simulation import api
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -201,9 +201,9 @@ def _run_app(
     overrides: list[str] | None,
 ) -> None:
     """``fedsim run DIR`` for a Flower app project, with a progress line."""
-    from fedsim import api
+    from fedsim.errors import RunInterrupted
     from fedsim.flower_project import read_project
-    from fedsim.simulation.checkpoint import RunInterrupted
+    from fedsim.simulation import api
 
     made: list[Path] = []
     run_dir = out
@@ -272,9 +272,9 @@ def resume(
     """
     import tomllib
 
-    from fedsim import api
+    from fedsim.errors import RunInterrupted
     from fedsim.results import SCENARIO_FILE
-    from fedsim.simulation.checkpoint import RunInterrupted
+    from fedsim.simulation import api
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)

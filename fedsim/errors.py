@@ -41,3 +41,18 @@ class ScenarioError(FedsimError):
 
 class RunError(FedsimError):
     """A run cannot go on (too many failures, divergence, a bad results directory)."""
+
+
+class RunInterrupted(RunError):
+    """The run stopped at a stop request (Ctrl-C) after ``round``; it can be resumed."""
+
+    def __init__(self, round: int, rounds: int, run_dir: Path, resumable: bool) -> None:
+        self.round = round
+        self.run_dir = run_dir
+        self.resumable = resumable
+        where = f"interrupted after round {round} of {rounds}; results so far in {run_dir}"
+        if resumable:
+            message = f"{where}; continue with: fedsim resume {run_dir}"
+        else:
+            message = f"{where} (this engine writes no checkpoints: the run cannot be resumed)"
+        super().__init__(message)

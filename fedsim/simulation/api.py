@@ -84,7 +84,7 @@ def run(
     extra sinks for the metrics (``[log] trackers``), e.g. ``["tensorboard"]``.
     ``on_round_end(round, central_accuracy)`` is called after every round; setting
     ``stop`` ends the run after the current round with a checkpoint
-    (:class:`~fedsim.simulation.checkpoint.RunInterrupted` is raised). Mistakes raise
+    (:class:`~fedsim.errors.RunInterrupted` is raised). Mistakes raise
     :class:`~fedsim.errors.FedsimError` with the CLI's one-line message.
     """
     from fedsim.analysis.runs import load_run

@@ -76,7 +76,8 @@ from flwr.proto.recorddict_pb2 import ConfigRecord as ProtoConfigRecord
 from flwr.proto.recorddict_pb2 import MetricRecord as ProtoMetricRecord
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
-from fedsim.errors import FedsimError, RunError
+from fedsim.errors import FedsimError
+from fedsim.errors import RunInterrupted as RunInterrupted  # raised by the sessions
 from fedsim.results import SCENARIO_FILE, SUMMARY_FILE
 
 CHECKPOINT_FILE = "checkpoint.zip"
@@ -88,21 +89,6 @@ FORMAT_VERSION = 2
 STATE_DICT = "state_dict"
 ATTRIBUTES = "attributes"
 ALLOW_PICKLE_KEY = "[checkpoint] allow_pickle = true"
-
-
-class RunInterrupted(RunError):
-    """The run stopped at a stop request (Ctrl-C) after ``round``; it can be resumed."""
-
-    def __init__(self, round: int, rounds: int, run_dir: Path, resumable: bool) -> None:
-        self.round = round
-        self.run_dir = run_dir
-        self.resumable = resumable
-        where = f"interrupted after round {round} of {rounds}; results so far in {run_dir}"
-        if resumable:
-            message = f"{where}; continue with: fedsim resume {run_dir}"
-        else:
-            message = f"{where} (this engine writes no checkpoints: the run cannot be resumed)"
-        super().__init__(message)
 
 
 class CheckpointError(FedsimError):
