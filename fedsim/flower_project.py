@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import Scenario
+from fedsim.config import Scenario, apply_overrides, override_pairs, read_toml
 from fedsim.errors import FedsimError, ScenarioError
 
 PYPROJECT = "pyproject.toml"
@@ -89,11 +89,9 @@ def read_project(
             raise ScenarioError(file, f"{RUN_CONFIG_KEY}.{key}", "a bool, int, float or string")
     fused = _fuse_run_config(defaults, _parse_run_config(run_config or []), file)
     fedsim = copy.deepcopy(_table(tool, "fedsim", file, "tool.fedsim", required=False))
-    if overlay is not None:
-        fedsim = _merge(fedsim, _read_overlay(overlay))
+    if overlay is not None:  # its tables update [tool.fedsim] key by key, as --set does
+        fedsim = apply_overrides(fedsim, list(_flatten(read_toml(overlay)).items()), str(overlay))
     if overrides:
-        from fedsim.config import apply_overrides, override_pairs
-
         fedsim = apply_overrides(fedsim, override_pairs(overrides), "--set")
     unknown = sorted(set(fedsim) - set(APP_TABLES))
     if unknown:
@@ -187,7 +185,10 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _parse_run_config(items: list[str]) -> dict[str, Any]:
-    """``--run-config`` as Flower parses it: ``"k=v k2=v2"`` (TOML values) or one .toml file."""
+    """``--run-config`` as Flower reads it: ``"k=v k2=v2"`` (TOML values) or one .toml file.
+
+    Not Flower's own ``parse_config_args``: that drops a pair without ``=`` silently and
+    names no key in its error; here each is one line naming the pair or the key."""
     if len(items) == 1 and items[0].endswith(".toml"):
         overlay = Path(items[0]).expanduser()
         try:
@@ -256,26 +257,6 @@ def _fuse_run_config(
             )
         fused[key] = value
     return fused
-
-
-def _read_overlay(path: Path) -> dict[str, Any]:
-    try:
-        loaded = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise FedsimError(f"{path}: --scenario: cannot read ({error.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise FedsimError(f"{path}: not valid TOML ({error})") from None
-    return loaded
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _num_supernodes(fedsim: dict[str, Any], flwr: dict[str, Any], file: Path) -> int:
