@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedsim import keys
 from fedsim.config import Scenario, read_toml
 from fedsim.data.prepare import ProxySet
 from fedsim.data.store import ClientDataStore
@@ -20,12 +19,6 @@ from fedsim.results import (
     EVENT_RESUMED,
     EVENT_RUN_STOPPED,
     SCENARIO_FILE,
-    SUMMARY_ENGINE,
-    SUMMARY_FINAL_ACCURACY,
-    SUMMARY_FINAL_LOSS,
-    SUMMARY_NAME,
-    SUMMARY_ROUNDS,
-    SUMMARY_WALL_TIME,
     RunWriter,
 )
 from fedsim.simulation.checkpoint import (
@@ -35,7 +28,7 @@ from fedsim.simulation.checkpoint import (
     remove_checkpoint,
 )
 from fedsim.simulation.launch import ENGINES, Launcher
-from fedsim.simulation.session import RunControl, cohort_summary, privacy_summary
+from fedsim.simulation.session import RunControl, privacy_summary, run_summary
 from fedsim.simulation.setup import build_run, validate
 
 ProgressCallback = Callable[[int, float | None], None]
@@ -164,13 +157,7 @@ def _execute(
         raise
     writer.final_model({name: arrays[name].numpy() for name in arrays})
     summary = {
-        SUMMARY_NAME: scenario.name,
-        SUMMARY_ROUNDS: scenario.rounds,
-        SUMMARY_ENGINE: scenario.engine.kind,
-        SUMMARY_WALL_TIME: control.elapsed(),
-        SUMMARY_FINAL_ACCURACY: writer.latest(keys.PHASE_CENTRAL, keys.METRIC_ACCURACY),
-        SUMMARY_FINAL_LOSS: writer.latest(keys.PHASE_CENTRAL, keys.METRIC_LOSS),
-        **cohort_summary(writer),
+        **run_summary(scenario, scenario.rounds, writer, control),
         **privacy_summary(scenario, writer),
     }
     writer.finish(summary)

@@ -44,19 +44,13 @@ from fedsim.flower_project import (
 from fedsim.plugins import register_by_value
 from fedsim.results import (
     EVENT_RUN_STOPPED,
-    SUMMARY_ENGINE,
-    SUMMARY_FINAL_ACCURACY,
-    SUMMARY_FINAL_LOSS,
-    SUMMARY_NAME,
-    SUMMARY_ROUNDS,
-    SUMMARY_WALL_TIME,
     ClientFacts,
     RunWriter,
 )
 from fedsim.simulation.checkpoint import RunInterrupted
 from fedsim.simulation.launch import client_nodes, started_grid
 from fedsim.simulation.loop import LoopSettings, run_rounds
-from fedsim.simulation.session import CohortBookkeeping, RunControl, cohort_summary
+from fedsim.simulation.session import CohortBookkeeping, RunControl, run_summary
 from fedsim.simulation.setup import build_participation
 
 EVENT_NO_STRATEGY_START = "no_strategy_start"
@@ -165,15 +159,7 @@ def run_flower_app(
     else:
         arrays = starts.result.arrays
         writer.final_model({name: arrays[name].numpy() for name in arrays})
-    summary = {
-        SUMMARY_NAME: scenario.name,
-        SUMMARY_ROUNDS: starts.rounds,
-        SUMMARY_ENGINE: scenario.engine.kind,
-        SUMMARY_WALL_TIME: control.elapsed(),
-        SUMMARY_FINAL_ACCURACY: writer.latest(keys.PHASE_CENTRAL, keys.METRIC_ACCURACY),
-        SUMMARY_FINAL_LOSS: writer.latest(keys.PHASE_CENTRAL, keys.METRIC_LOSS),
-        **cohort_summary(writer),
-    }
+    summary = run_summary(scenario, starts.rounds, writer, control)
     writer.finish(summary)
     return summary
 

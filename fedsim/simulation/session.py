@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,8 +36,14 @@ from fedsim.results import (
     SUMMARY_COHORT_CLIENT_ROUNDS,
     SUMMARY_COHORT_EVALUATIONS,
     SUMMARY_DELTA,
+    SUMMARY_ENGINE,
     SUMMARY_EPSILON,
+    SUMMARY_FINAL_ACCURACY,
+    SUMMARY_FINAL_LOSS,
+    SUMMARY_NAME,
     SUMMARY_PRIVACY_ACCOUNTING,
+    SUMMARY_ROUNDS,
+    SUMMARY_WALL_TIME,
     RunWriter,
 )
 from fedsim.simulation.async_loop import run_async
@@ -276,6 +283,22 @@ class CohortBookkeeping:
         for reason in sorted(set(self.fallbacks or ()) - self.reported):
             writer.event(rnd, EVENT_COHORT_FALLBACK, reason=reason)
             self.reported.add(reason)
+
+
+def run_summary(
+    scenario: Scenario, rounds: int, writer: RunWriter, control: RunControl
+) -> dict[str, Any]:
+    """``summary.json``'s common fields: name, rounds done, engine, wall time, the last
+    central accuracy and loss, and the cohort counts."""
+    return {
+        SUMMARY_NAME: scenario.name,
+        SUMMARY_ROUNDS: rounds,
+        SUMMARY_ENGINE: scenario.engine.kind,
+        SUMMARY_WALL_TIME: control.elapsed(),
+        SUMMARY_FINAL_ACCURACY: writer.latest(keys.PHASE_CENTRAL, keys.METRIC_ACCURACY),
+        SUMMARY_FINAL_LOSS: writer.latest(keys.PHASE_CENTRAL, keys.METRIC_LOSS),
+        **cohort_summary(writer),
+    }
 
 
 def cohort_summary(writer: RunWriter) -> dict[str, int]:
