@@ -27,6 +27,7 @@ from fedsim.results.schema import (
     CLIENTS_FILE,
     DEVICES_FILE,
     EVENT_CLIENT_FAILED,
+    EVENT_RUN_STOPPED,
     EVENTS_FILE,
     FINAL_MODEL_FILE,
     METRIC_COLUMNS,
@@ -135,6 +136,13 @@ class RunWriter:
 
     def event(self, rnd: int, kind: str, **fields: Any) -> None:
         self.events.append({"round": rnd, "event": kind, **fields})
+
+    def stopped(self, error: BaseException) -> None:
+        """A run ended by ``error``: the reason as a ``run_stopped`` event after the last
+        round with rows, and the results so far flushed."""
+        reason = f"{type(error).__name__}: {error}"
+        self.event(self.last_round(), EVENT_RUN_STOPPED, reason=reason)
+        self.flush()
 
     def metrics_frame(self) -> pd.DataFrame:
         frame = pd.DataFrame(self.metric_rows, columns=METRIC_COLUMNS)

@@ -17,7 +17,6 @@ from fedsim.errors import FedsimError
 from fedsim.results import (
     CLIENT_DATA_DIR,
     EVENT_RESUMED,
-    EVENT_RUN_STOPPED,
     SCENARIO_FILE,
     RunWriter,
 )
@@ -148,9 +147,7 @@ def _execute(
             trackers.stop("KILLED")
         raise
     except BaseException as error:
-        reason = f"{type(error).__name__}: {error}"
-        writer.event(writer.last_round(), EVENT_RUN_STOPPED, reason=reason)
-        writer.flush()
+        writer.stopped(error)
         if trackers is not None:
             trackers.update(writer.metric_rows)
             trackers.stop("FAILED")

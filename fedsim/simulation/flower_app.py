@@ -43,7 +43,6 @@ from fedsim.flower_project import (
 )
 from fedsim.plugins import register_by_value
 from fedsim.results import (
-    EVENT_RUN_STOPPED,
     ClientFacts,
     RunWriter,
 )
@@ -146,9 +145,7 @@ def run_flower_app(
         writer.flush()
         raise
     except BaseException as error:
-        reason = f"{type(error).__name__}: {error}"
-        writer.event(writer.last_round(), EVENT_RUN_STOPPED, reason=reason)
-        writer.flush()
+        writer.stopped(error)
         raise
     if starts.result is None:
         writer.event(
