@@ -71,8 +71,11 @@ def register_by_value(module: ModuleType) -> None:
 
     Registered with cloudpickle (checkpoints) now, and with Ray's own copy of it (a
     ClientApp or a model factory sent to Ray workers) now where Ray is installed; where
-    it is not, nothing goes to Ray workers.
+    it is not, nothing goes to Ray workers. A module registered already is left as is (a
+    Flower app's ServerApp and ClientApp live in one package).
     """
+    if module in _BY_VALUE:
+        return
     _BY_VALUE.append(module)
     try:
         import cloudpickle
