@@ -156,7 +156,8 @@ def _cohort_counts(grids: list[Any]) -> dict[str, Any] | None:
 
 def _plain(prepared: RunSetup, device: str, clock: RoundEnds) -> dict[str, Any]:
     if device == "cpu":
-        torch.set_num_threads(1)  # as fedsim's ClientApp does on a CPU (one thread per actor)
+        # The threads fedsim's ClientApp takes on a CPU: one per CPU of a worker.
+        torch.set_num_threads(max(1, int(prepared.scenario.engine.num_cpus_per_client)))
     sync = torch.cuda.synchronize if device == "cuda" else None
     started = time.perf_counter()
     state, times = run_plain(prepared, on_round_end=clock, sync=sync)

@@ -9,7 +9,7 @@ order, straight from the ``RecordDict``.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.exception import InconsistentMessageReplies
@@ -84,3 +84,36 @@ def check_reply_consistency(
             "must be a single value (int or float), but a list was found. Skipping "
             "aggregation."
         )
+
+
+def aggregate_metric_records(
+    contents: list[RecordDict], weighting_metric_name: str
+) -> MetricRecord:
+    """Flower's ``aggregate_metricrecords`` (the default ``*_metrics_aggr_fn`` of its
+    strategies), with the same arithmetic in the same order, reading the records
+    without its views and building the result once.
+
+    >>> replies = [RecordDict({"m": MetricRecord({"n": 1, "loss": 2.0, "h": [1.0, 0.0]})}),
+    ...            RecordDict({"m": MetricRecord({"n": 3, "loss": 6.0, "h": [0.0, 1.0]})})]
+    >>> dict(aggregate_metric_records(replies, "n"))
+    {'loss': 5.0, 'h': [0.25, 0.75]}
+    """
+    metrics = [records_of(content, MetricRecord) for content in contents]
+    weights = [float(found[0][weighting_metric_name]) for found in metrics]  # type: ignore[arg-type]
+    total_weight = sum(weights)
+    totals: dict[str, Any] = {}
+    for found, weight in zip(metrics, (w / total_weight for w in weights), strict=True):
+        for record in found:
+            for key, value in record.items():
+                if key == weighting_metric_name:
+                    continue
+                current = totals.get(key)
+                if current is None:
+                    totals[key] = (
+                        [v * weight for v in value] if isinstance(value, list) else value * weight
+                    )
+                elif isinstance(value, list):
+                    totals[key] = [c + v * weight for c, v in zip(current, value, strict=True)]
+                else:
+                    totals[key] = current + value * weight
+    return MetricRecord(totals)

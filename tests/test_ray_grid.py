@@ -76,6 +76,8 @@ def test_flower_fedavg_start_runs_unchanged(grid: RayGrid) -> None:
 def test_dead_actor_is_replaced(grid: RayGrid) -> None:
     import ray
 
+    first_box = grid._mailboxes[0]
+    assert first_box is not None and first_box.path.exists()
     ray.kill(grid.actors[0], no_restart=True)
     replies = list(grid.send_and_receive([start_message(node_id_of(c)) for c in (0, 1, 2, 4)]))
     errors = [r for r in replies if r.has_error()]
@@ -83,6 +85,56 @@ def test_dead_actor_is_replaced(grid: RayGrid) -> None:
     assert all("actor died" in r.error.reason for r in errors)
     replies = list(grid.send_and_receive([start_message(node_id_of(c)) for c in (0, 1, 2, 4)]))
     assert not any(r.has_error() for r in replies)
+    # The replacement has a mailbox of its own; the dead actor's file is gone.
+    assert not first_box.path.exists()
+    assert grid._mailboxes[0] is not None and grid._mailboxes[0].path.exists()
+
+
+# --- the mailbox: calls through shared memory on the driver's machine --------------------
+
+
+def test_on_one_machine_calls_go_through_mailboxes_removed_at_shutdown(
+    ray_session: None,
+) -> None:
+    grid = RayGrid(toy_app, num_clients=5, num_actors=2)
+    paths = [box.path for box in grid._mailboxes if box is not None]
+    try:
+        assert len(paths) == 2 and all(path.exists() for path in paths)
+        replies = list(grid.send_and_receive([start_message(node_id_of(c)) for c in (4, 0, 1)]))
+        assert [r.content["arrays"]["w"].numpy().tolist() for r in replies] == [
+            [5.0] * 2,
+            [1.0] * 2,
+            [2.0] * 2,
+        ]
+    finally:
+        grid.shutdown()
+    assert not any(path.exists() for path in paths)
+
+
+def test_an_actor_that_cannot_open_its_mailbox_is_served_through_ray(
+    ray_session: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on a cluster, where the actor runs on another machine than the driver's file."""
+    from fedsim.engine.mailbox import Mailbox
+
+    create = Mailbox.create
+
+    def elsewhere() -> Mailbox:
+        box = create()
+        box.path.unlink()  # the actor will not find it
+        return box
+
+    monkeypatch.setattr(Mailbox, "create", staticmethod(elsewhere))
+    grid = RayGrid(toy_app, num_clients=5, num_actors=1)
+    try:
+        assert grid._mailboxes == [None]
+        for expected in (1, 2):
+            replies = list(grid.send_and_receive([start_message(node_id_of(c)) for c in (0, 3, 2)]))
+            assert [r.has_error() for r in replies] == [False, True, False]
+            assert [int(replies[i].content["metrics"]["calls"]) for i in (0, 2)] == [expected] * 2
+            assert replies[2].content["arrays"]["w"].numpy().tolist() == [3.0, 3.0]
+    finally:
+        grid.shutdown()
 
 
 # --- batched dispatch: several messages per Ray call ------------------------------------

@@ -1,5 +1,6 @@
-"""fedsim.records reads a RecordDict's records exactly as Flower's views do, and checks
-reply consistency with the very errors of Flower's own check."""
+"""fedsim.records reads a RecordDict's records exactly as Flower's views do, checks
+reply consistency with the very errors of Flower's own check, and averages metrics to
+the very floats of Flower's own average."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.exception import InconsistentMessageReplies
-from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
+from flwr.serverapp.strategy.strategy_utils import (
+    aggregate_metricrecords,
+    validate_message_reply_consistency,
+)
 
-from fedsim.records import check_reply_consistency, first_of, records_of
+from fedsim.records import aggregate_metric_records, check_reply_consistency, first_of, records_of
+from fedsim.strategies.fedavg import FedAvg
 
 
 def reply(arrays: dict[str, float] | None = None, **metrics: object) -> RecordDict:
@@ -67,3 +72,31 @@ def test_consistency_errors_are_flowers(case: str, check_arrays: bool) -> None:
     )
     assert ours == flowers
     assert (ours == "ok") == (case == "consistent" or (not check_arrays and "array" in case))
+
+
+def test_metric_average_is_flowers_to_the_last_bit() -> None:
+    generator = np.random.default_rng(0)
+    contents = [
+        reply(
+            None,
+            num_examples=int(generator.integers(1, 90)),
+            loss=float(generator.random()),
+            correct=int(generator.integers(0, 9)),
+            curve=[float(v) for v in generator.random(3)],
+        )
+        for _ in range(37)
+    ]
+    ours = aggregate_metric_records(contents, "num_examples")
+    flowers = aggregate_metricrecords(contents, "num_examples")
+    assert list(ours.items()) == list(flowers.items())  # same keys, order and floats
+    assert set(ours) == {"loss", "correct", "curve"}
+
+
+def test_strategies_use_it_in_place_of_flowers_default_only() -> None:
+    assert FedAvg().train_metrics_aggr_fn is aggregate_metric_records
+    assert FedAvg().evaluate_metrics_aggr_fn is aggregate_metric_records
+
+    def mine(contents: list[RecordDict], key: str) -> MetricRecord:
+        return MetricRecord({"k": 1})
+
+    assert FedAvg(train_metrics_aggr_fn=mine).train_metrics_aggr_fn is mine

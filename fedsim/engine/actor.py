@@ -11,7 +11,8 @@ scheduling and object-store traffic, as much as a small client's training),
 as cohorts where the app and ``engine.cohort`` allow (:mod:`fedsim.engine.serving`). A
 round's content is shipped once per call as pickled bytes and unpickled afresh
 for every message, so each ClientApp call gets its own content, as under
-Flower.
+Flower. On the driver's machine the call and its replies go through the actor's
+shared-memory mailbox (:mod:`fedsim.engine.mailbox`) instead of Ray's object store.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ray
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedsim.engine.mailbox import Mailbox, Span
 from fedsim.engine.serving import BatchItem, CohortPolicy, CohortTally, serve_batch
 
 
@@ -30,7 +32,11 @@ class ClientActor:
     """Runs a ClientApp on messages and returns the replies with the updated contexts."""
 
     def __init__(
-        self, app: ClientApp, cpu_threads: int | None, cohort: CohortPolicy | None = None
+        self,
+        app: ClientApp,
+        cpu_threads: int | None,
+        cohort: CohortPolicy | None = None,
+        mailbox: str | None = None,
     ) -> None:
         if cpu_threads is not None:
             import torch
@@ -38,9 +44,18 @@ class ClientActor:
             torch.set_num_threads(cpu_threads)
         self.app = app
         self.cohort = cohort or CohortPolicy()
+        self.mailbox = Mailbox.attach(mailbox) if mailbox else None
 
     def ready(self) -> bool:
-        return True
+        """Started; True when the actor opened its mailbox (it shares the driver's machine)."""
+        return self.mailbox is not None
+
+    def run_mailed_batch(self, spans: list[Span]) -> list[Span]:
+        """:meth:`run_batch` with its arguments and its result in the mailbox."""
+        if self.mailbox is None:
+            raise RuntimeError("this actor has no mailbox")
+        items, contents = self.mailbox.unpack(spans)
+        return self.mailbox.pack(self.run_batch(items, *contents))
 
     def run_batch(
         self, items: list[BatchItem], *contents: bytes

@@ -6,11 +6,14 @@ and collects the replies and the updated contexts. Nothing polls: the driver
 blocks in ``ray.wait``.
 
 What a round costs besides training is paid per round, not per message: a
-message's content is pickled and put in Ray's object store once however many
-nodes it goes to, and a round's messages travel in about ``CALLS_PER_ACTOR``
-calls per actor (a Ray call costs milliseconds of scheduling and object-store
-traffic, as much as a small client's training; measured on 2 cores, splitting a
-lone actor's round into several queued calls cost more CPU than it hid).
+message's content is pickled once however many nodes it goes to, and a round's
+messages travel in about ``CALLS_PER_ACTOR`` calls per actor (a Ray call costs
+milliseconds of scheduling and object-store traffic, as much as a small client's
+training; measured on 2 cores, splitting a lone actor's round into several queued
+calls cost more CPU than it hid). An actor on the driver's machine gets its calls and
+returns its replies through its shared-memory mailbox (:mod:`fedsim.engine.mailbox`);
+one elsewhere in a cluster through Ray's object store, the content put there once a
+round.
 
 Failure policy: a ClientApp that raises yields a Flower error reply; an actor
 that dies yields an error reply for the message it held and is replaced (when
@@ -26,16 +29,17 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedsim.engine.actor import ClientActor
 from fedsim.engine.identity import set_identity
+from fedsim.engine.mailbox import Mailbox
 from fedsim.engine.node_grid import NodeGrid, pickled
 from fedsim.engine.serving import BatchItem, CohortPolicy, error_reply
 from fedsim.errors import RunError
@@ -65,11 +69,32 @@ def batch_sizes(num_messages: int, num_actors: int) -> list[int]:
 
 @dataclass
 class _Call:
-    """One submitted ``run_batch`` call: its actor slot, messages and result."""
+    """One submitted batch: its actor slot, messages, result, and the mailbox the result
+    lies in (None: it comes through Ray)."""
 
     actor: int
     messages: list[Message]
     future: ray.ObjectRef
+    mailbox: Mailbox | None
+
+
+@dataclass
+class _Contents:
+    """A round's distinct message contents: pickled once, put in Ray's object store once
+    if an actor without a mailbox needs them."""
+
+    pickled: dict[int, bytes] = field(default_factory=dict)
+    refs: dict[int, ray.ObjectRef] = field(default_factory=dict)
+
+    def bytes_of(self, content: RecordDict) -> bytes:
+        if id(content) not in self.pickled:
+            self.pickled[id(content)] = pickled(content)
+        return self.pickled[id(content)]
+
+    def ref_of(self, content: RecordDict) -> ray.ObjectRef:
+        if id(content) not in self.refs:
+            self.refs[id(content)] = ray.put(self.bytes_of(content))
+        return self.refs[id(content)]
 
 
 class RayGrid(NodeGrid):
@@ -99,10 +124,17 @@ class RayGrid(NodeGrid):
         self._actor_options = {"num_cpus": num_cpus_per_actor, "num_gpus": num_gpus_per_actor}
         self._cpu_threads = None if num_gpus_per_actor > 0 else max(1, int(num_cpus_per_actor))
         self._start_timeout = start_timeout
-        self._starting: list[ray.ObjectRef] = []  # ready() of replacement actors
-        self.actors = [self._new_actor() for _ in range(num_actors)]
+        self._starting: dict[ray.ObjectRef, int] = {}  # ready() of replacement actors
+        self.actors: list[Any] = []
+        self._mailboxes: list[Mailbox | None] = []
+        for _ in range(num_actors):
+            actor, mailbox = self._new_actor()
+            self.actors.append(actor)
+            self._mailboxes.append(mailbox)
         try:
-            ray.get([actor.ready.remote() for actor in self.actors], timeout=start_timeout)
+            ready = ray.get([actor.ready.remote() for actor in self.actors], timeout=start_timeout)
+            for index, attached in enumerate(ready):
+                self._keep_mailbox(index, attached)
         except ray.exceptions.GetTimeoutError as error:
             self.shutdown()
             raise RunError(
@@ -111,10 +143,23 @@ class RayGrid(NodeGrid):
             ) from error
         set_identity(run_id)
 
-    def _new_actor(self) -> Any:
-        return ClientActor.options(**self._actor_options).remote(  # type: ignore[attr-defined]
-            self._app_ref, self._cpu_threads, self.cohort
+    def _new_actor(self) -> tuple[Any, Mailbox | None]:
+        """A new actor, and the mailbox it may open (None where no file can be made)."""
+        try:
+            mailbox: Mailbox | None = Mailbox.create()
+        except OSError:
+            mailbox = None
+        actor = ClientActor.options(**self._actor_options).remote(  # type: ignore[attr-defined]
+            self._app_ref, self._cpu_threads, self.cohort, mailbox and str(mailbox.path)
         )
+        return actor, mailbox
+
+    def _keep_mailbox(self, index: int, attached: bool) -> None:
+        """Keep actor ``index``'s mailbox if it opened it (else its calls go through Ray)."""
+        mailbox = self._mailboxes[index]
+        if mailbox is not None and not attached:
+            mailbox.close()
+            self._mailboxes[index] = None
 
     # --- scheduling -----------------------------------------------------------
 
@@ -122,7 +167,7 @@ class RayGrid(NodeGrid):
         self._await_replacements()
         deadline = None if timeout is None else time.monotonic() + timeout
         sizes = deque(batch_sizes(len(messages), len(self.actors)))
-        contents: dict[int, ray.ObjectRef] = {}
+        contents = _Contents()
         pending: deque[tuple[Message, bool]] = deque((m, False) for m in messages)
         idle = list(range(len(self.actors)))
         running: dict[ray.ObjectRef, _Call] = {}
@@ -162,29 +207,34 @@ class RayGrid(NodeGrid):
             batch.append(pending.popleft()[0])
         return batch
 
-    def _submit(
-        self, actor: int, messages: list[Message], contents: dict[int, ray.ObjectRef]
-    ) -> _Call:
-        """Send a batch to an actor; each distinct content is pickled and put once a round."""
-        refs: list[ray.ObjectRef] = []
+    def _submit(self, actor: int, messages: list[Message], contents: _Contents) -> _Call:
+        """Send a batch to an actor, through its mailbox where it has one."""
+        distinct: list[RecordDict] = []
         slot: dict[int, int] = {}
         items: list[BatchItem] = []
         for message in messages:
             key = id(message.content)
-            if key not in contents:
-                contents[key] = ray.put(pickled(message.content))
             if key not in slot:
-                slot[key] = len(refs)
-                refs.append(contents[key])
+                slot[key] = len(distinct)
+                distinct.append(message.content)
             items.append((slot[key], message.metadata, self.context(message.metadata.dst_node_id)))
         self.stats["calls"] += 1
         self.stats["messages"] += len(items)
-        future = self.actors[actor].run_batch.remote(items, *refs)
-        return _Call(actor, messages, future)
+        mailbox = self._mailboxes[actor]
+        if mailbox is not None:
+            spans = mailbox.pack((items, [contents.bytes_of(c) for c in distinct]))
+            future = self.actors[actor].run_mailed_batch.remote(spans)
+        else:
+            refs = [contents.ref_of(content) for content in distinct]
+            future = self.actors[actor].run_batch.remote(items, *refs)
+        return _Call(actor, messages, future, mailbox)
 
     def _collect(self, call: _Call) -> None:
         """Store a returned call's replies and updated contexts."""
-        results, busy, tally = ray.get(call.future)
+        result = ray.get(call.future)
+        if call.mailbox is not None:
+            result = call.mailbox.unpack(result)
+        results, busy, tally = result
         self.stats["actor_busy_s"] += busy
         self._count(tally)
         for message, (reply, context) in zip(call.messages, results, strict=True):
@@ -206,18 +256,33 @@ class RayGrid(NodeGrid):
         self._replies[message.metadata.message_id] = reply
 
     def _await_replacements(self) -> None:
-        """Let replacement actors start before a dispatch's clock does (not clients' time)."""
+        """Let replacement actors start before a dispatch's clock does (not clients' time);
+        one not started by then sends its replies through Ray."""
         if self._starting:
-            ray.wait(self._starting, num_returns=len(self._starting), timeout=self._start_timeout)
-            self._starting = []
+            refs = list(self._starting)
+            started, _ = ray.wait(refs, num_returns=len(refs), timeout=self._start_timeout)
+            done = set(started)
+            for ref in refs:
+                try:
+                    attached = ref in done and bool(ray.get(ref))
+                except ray.exceptions.RayError:  # died while starting: its call will say so
+                    attached = False
+                self._keep_mailbox(self._starting[ref], attached)
+            self._starting = {}
 
     def _replace_actor(self, index: int) -> None:
         ray.kill(self.actors[index], no_restart=True)
-        self.actors[index] = self._new_actor()
-        self._starting.append(self.actors[index].ready.remote())
+        if (old := self._mailboxes[index]) is not None:
+            old.close()
+        self.actors[index], self._mailboxes[index] = self._new_actor()
+        self._starting[self.actors[index].ready.remote()] = index
 
     def shutdown(self) -> None:
-        """Stop the actors (the Ray runtime itself is left to its owner)."""
+        """Stop the actors and remove their mailboxes (the Ray runtime itself is left to
+        its owner)."""
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        self.actors = []
+        for mailbox in self._mailboxes:
+            if mailbox is not None:
+                mailbox.close()
+        self.actors, self._mailboxes = [], []

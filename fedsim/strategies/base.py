@@ -34,10 +34,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common import MessageType
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedsim import keys
 from fedsim.arrays import Layout
-from fedsim.records import check_reply_consistency, first_of
+from fedsim.records import aggregate_metric_records, check_reply_consistency, first_of
 from fedsim.seeding import rng
 
 
@@ -73,6 +74,11 @@ class FedsimStrategy(FedAvg):
             min_available_nodes=min_available_nodes,
             **flower_options,
         )
+        # Flower's default metric averaging, the same numbers without its record views.
+        if self.train_metrics_aggr_fn is aggregate_metricrecords:
+            self.train_metrics_aggr_fn = aggregate_metric_records
+        if self.evaluate_metrics_aggr_fn is aggregate_metricrecords:
+            self.evaluate_metrics_aggr_fn = aggregate_metric_records
         if num_clients is not None and num_clients < 1:
             raise ValueError(f"num_clients must be >= 1, got {num_clients}")
         self.num_clients = num_clients

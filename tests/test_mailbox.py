@@ -1,0 +1,77 @@
+"""The shared-memory mailbox carries any picklable object between two processes' maps of
+one file: arrays out of band, the file growing as needed, every read a copy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fedsim.engine import mailbox as mailbox_module
+from fedsim.engine.mailbox import Mailbox
+
+
+def test_objects_round_trip_with_their_arrays_through_a_grown_file() -> None:
+    box = Mailbox.create()
+    other = Mailbox.attach(box.path)
+    assert other is not None
+    try:
+        block = np.arange(600_000, dtype=np.float32).reshape(3, -1)  # 2.4 MB: the file grows
+        spans = box.pack({"block": block, "rows": [block[1]], "note": "x" * 1000})
+        assert os.path.getsize(box.path) >= block.nbytes > 1 << 20
+        got = other.unpack(spans)
+        assert np.array_equal(got["block"], block) and np.array_equal(got["rows"][0], block[1])
+        assert got["note"] == "x" * 1000 and got["block"].flags.writeable
+        # The other side now writes a small answer over the same place: what was read
+        # stays as it was (reads are copies).
+        answer = other.pack(("ok", np.ones(4)))
+        assert box.unpack(answer)[0] == "ok" and got["block"][2, 0] == block[2, 0]
+    finally:
+        other.close()
+        box.close()
+    assert not box.path.exists()
+
+
+def test_an_actors_mailbox_opened_from_another_process() -> None:
+    box = Mailbox.create()
+    try:
+        spans = box.pack(np.arange(5.0))
+        code = (
+            "import sys, numpy as np; from fedsim.engine.mailbox import Mailbox\n"
+            f"box = Mailbox.attach({str(box.path)!r}); data = box.unpack({spans!r})\n"
+            "print(box.pack((data * 2, 'back')))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        doubled, word = box.unpack(eval(out))  # the spans printed by the other process
+        assert doubled.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0] and word == "back"
+        assert box.path.exists()  # the other process's close did not delete the driver's file
+    finally:
+        box.close()
+
+
+def test_missing_file_means_no_mailbox_and_dead_drivers_files_are_removed(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Mailbox.attach("/nonexistent/fedsim-mailbox-1-x") is None
+    directory = mailbox_module._directory()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    stale = directory / f"fedsim-mailbox-{dead}-stale"
+    live = directory / f"fedsim-mailbox-{os.getpid()}-live"
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    try:
+        Mailbox.create().close()
+        assert not stale.exists() and live.exists()
+    finally:
+        stale.unlink(missing_ok=True)
+        live.unlink(missing_ok=True)
