@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from fedsim.engine import mailbox as mailbox_module
 from fedsim.engine.mailbox import Mailbox
@@ -54,9 +53,7 @@ def test_an_actors_mailbox_opened_from_another_process() -> None:
         box.close()
 
 
-def test_missing_file_means_no_mailbox_and_dead_drivers_files_are_removed(
-    tmp_path: object, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_file_means_no_mailbox_and_dead_drivers_files_are_removed() -> None:
     assert Mailbox.attach("/nonexistent/fedsim-mailbox-1-x") is None
     directory = mailbox_module._directory()
     dead = subprocess.run(
@@ -75,3 +72,17 @@ def test_missing_file_means_no_mailbox_and_dead_drivers_files_are_removed(
     finally:
         stale.unlink(missing_ok=True)
         live.unlink(missing_ok=True)
+
+
+def test_only_a_private_file_is_a_mailbox() -> None:
+    box = Mailbox.create()
+    try:
+        assert box.path.stat().st_mode & 0o777 == 0o600
+        os.chmod(box.path, 0o644)  # readable, and so maybe written, by others: refused
+        assert Mailbox.attach(box.path) is None
+        os.chmod(box.path, 0o600)
+        attached = Mailbox.attach(box.path)
+        assert attached is not None
+        attached.close()
+    finally:
+        box.close()

@@ -14,9 +14,11 @@ so they are written once, as raw buffers.
 An actor has one call in flight at a time (:class:`~fedsim.engine.ray_grid.RayGrid`
 sends the next when it has collected the last), so one area per actor suffices, and each
 side copies what it reads before the other writes again. The driver creates the files and
-removes them (when the grid shuts down or replaces an actor, and at exit); an actor that
-cannot open its file (it runs on another machine of a cluster) says so, and its calls go
-through Ray's object store as before.
+removes them (when the grid shuts down or replaces an actor, and at exit). A mailbox is a
+file of mode 0600 under a random name, made with ``O_EXCL``, and an actor opens only such a
+file of its own user: what it unpickles comes from its driver. An actor that cannot open
+its file (it runs on another machine of a cluster) says so, and its calls go through Ray's
+object store as before.
 """
 
 from __future__ import annotations
@@ -46,15 +48,24 @@ def _directory() -> Path:
 
 
 def _remove_stale(directory: Path) -> None:
-    """Remove mailboxes left by drivers that no longer run (killed before their exit)."""
+    """Remove this user's mailboxes left by drivers that no longer run (killed before
+    their exit could remove them)."""
     for path in directory.glob(f"{_PREFIX}*"):
         try:
-            pid = int(path.name.removeprefix(_PREFIX).split("-")[0])
-            os.kill(pid, 0)
+            if path.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(path.name.removeprefix(_PREFIX).split("-")[0]), 0)
         except ProcessLookupError:
             path.unlink(missing_ok=True)
-        except (ValueError, PermissionError, OSError):
+        except (ValueError, OSError):  # a live process, or a name not ours to parse
             continue
+
+
+def _private(fd: int) -> bool:
+    """Whether the open file is this user's and nobody else's (a mailbox's calls are
+    unpickled: a file someone else could write would run their code)."""
+    info = os.fstat(fd)
+    return info.st_uid == os.getuid() and not info.st_mode & 0o077
 
 
 class Mailbox:
@@ -70,10 +81,15 @@ class Mailbox:
     """
 
     def __init__(self, path: Path, owner: bool) -> None:
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if owner else 0)
+        fd = os.open(path, flags, 0o600)
+        if not _private(fd):
+            os.close(fd)
+            raise PermissionError(f"{path}: not a private file of this user")
         self.path = path
-        self._file = open(path, "r+b" if not owner else "w+b")  # noqa: SIM115 (kept open)
+        self._fd = fd
         self._map: mmap.mmap | None = None
-        self._finalizer = weakref.finalize(self, _close, self._file, path if owner else None)
+        self._finalizer = weakref.finalize(self, _close, fd, path if owner else None)
 
     @classmethod
     def create(cls) -> Mailbox:
@@ -87,7 +103,8 @@ class Mailbox:
 
     @classmethod
     def attach(cls, path: str | Path) -> Mailbox | None:
-        """The mailbox at ``path`` (an actor's side), or None where it is not on this machine."""
+        """The mailbox at ``path`` (an actor's side), or None where it is not on this machine
+        (or is not a private file of this user)."""
         try:
             return cls(Path(path), owner=False)
         except OSError:
@@ -98,17 +115,17 @@ class Mailbox:
     def _mapped(self, size: int) -> mmap.mmap:
         """The file mapped over at least ``size`` bytes (mapped again after it grew)."""
         if self._map is None or len(self._map) < size:
-            current = os.fstat(self._file.fileno()).st_size
+            current = os.fstat(self._fd).st_size
             if current < size:
                 raise ValueError(f"{self.path}: span ends at {size}, the file has {current}")
             if self._map is not None:
                 self._map.close()
-            self._map = mmap.mmap(self._file.fileno(), current)
+            self._map = mmap.mmap(self._fd, current)
         return self._map
 
     def _grow(self, size: int) -> None:
-        if os.fstat(self._file.fileno()).st_size < size:
-            os.ftruncate(self._file.fileno(), max(size, 2 * os.fstat(self._file.fileno()).st_size))
+        if os.fstat(self._fd).st_size < size:
+            os.ftruncate(self._fd, max(size, 2 * os.fstat(self._fd).st_size))
 
     def write(self, parts: list[memoryview]) -> list[Span]:
         """Lay ``parts`` one after another from the start of the file (growing it)."""
@@ -152,7 +169,7 @@ class Mailbox:
         self._finalizer()
 
 
-def _close(file: Any, path: Path | None) -> None:
-    file.close()
+def _close(fd: int, path: Path | None) -> None:
+    os.close(fd)
     if path is not None:
         path.unlink(missing_ok=True)
