@@ -150,7 +150,7 @@ class RayGrid(NodeGrid):
         except OSError:
             mailbox = None
         actor = ClientActor.options(**self._actor_options).remote(  # type: ignore[attr-defined]
-            self._app_ref, self._cpu_threads, self.cohort, mailbox and str(mailbox.path)
+            self._app_ref, self._cpu_threads, self.cohort, str(mailbox.path) if mailbox else None
         )
         return actor, mailbox
 
