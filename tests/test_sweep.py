@@ -16,7 +16,7 @@ import pytest
 import tomli_w
 from typer.testing import CliRunner
 
-from fedsim.analysis import find_runs, load_sweep, participation_probabilities
+from fedsim.analysis import find_runs, has_runs, load_sweep, participation_probabilities
 from fedsim.analysis.report import write_report
 from fedsim.cli import app
 from fedsim.config import Scenario, load_scenario, scenario_from_dict
@@ -226,6 +226,20 @@ def test_a_changed_scenario_does_not_mix_with_complete_runs(tmp_path: Path) -> N
     wider = plan_sweep(path, grid=["strategy.name=fedavg,fedau,fedlaw"], out=tmp_path / "o")
     outcome = run_sweep(wider, run=fake_run_scenario)
     assert len(outcome.skipped) == 2 and outcome.ran == ["strategy.name=fedlaw,seed=1"]
+
+
+def test_runs_an_older_manifest_does_not_list_are_found_after_its_own(tmp_path: Path) -> None:
+    """An older fedsim's sweep.json named only its last invocation's runs."""
+    from fedsim.results import METRICS_FILE, SUMMARY_FILE, SWEEP_MANIFEST
+
+    for name in ("a,seed=2", "b,seed=1", "a,seed=1", "unfinished"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / METRICS_FILE).write_bytes(b"")
+        if name != "unfinished":
+            (tmp_path / name / SUMMARY_FILE).write_text("{}")
+    (tmp_path / SWEEP_MANIFEST).write_text(json.dumps({"runs": [{"name": "b,seed=1"}]}))
+    assert [run.name for run in find_runs(tmp_path)] == ["b,seed=1", "a,seed=1", "a,seed=2"]
+    assert has_runs(tmp_path) and not has_runs(tmp_path / "unfinished")
 
 
 def test_more_seeds_into_the_same_directory_keep_the_earlier_runs(tmp_path: Path) -> None:

@@ -34,7 +34,9 @@ PHASE_ORDER = (keys.PHASE_CENTRAL, keys.PHASE_EVALUATE, keys.PHASE_TRAIN, keys.P
 def find_runs(path: str | Path, *, complete_only: bool = True) -> list[Path]:
     """The runs under ``path``: a run directory itself, or the runs of a sweep directory.
 
-    A sweep's runs come in its ``sweep.json`` order; a plain folder of runs in name
+    A sweep's runs come in its ``sweep.json`` order, then any other run under it in name
+    order (an older fedsim's ``sweep.json`` listed only its last invocation's runs, so a
+    sweep run one seed at a time named only the last seed's); a plain folder of runs in name
     order. Unfinished runs (no ``summary.json``) are left out unless ``complete_only``
     is False.
     """
@@ -44,10 +46,11 @@ def find_runs(path: str | Path, *, complete_only: bool = True) -> list[Path]:
     if not path.is_dir():
         raise FedsimError(f"{path}: no such run or sweep directory")
     manifest = path / SWEEP_MANIFEST
+    candidates = sorted(child for child in path.iterdir() if child.is_dir())
     if manifest.is_file():
-        candidates = [path / run["name"] for run in json.loads(manifest.read_text())["runs"]]
-    else:
-        candidates = sorted(child for child in path.iterdir() if child.is_dir())
+        listed = [path / run["name"] for run in json.loads(manifest.read_text())["runs"]]
+        known = set(listed)
+        candidates = listed + [run for run in candidates if run not in known]
     runs = [
         run
         for run in candidates
@@ -56,6 +59,14 @@ def find_runs(path: str | Path, *, complete_only: bool = True) -> list[Path]:
     if not runs:
         raise FedsimError(f"{path}: no {'complete ' if complete_only else ''}runs found")
     return runs
+
+
+def has_runs(path: str | Path) -> bool:
+    """Whether :func:`find_runs` finds complete runs under ``path``."""
+    try:
+        return bool(find_runs(path))
+    except FedsimError:
+        return False
 
 
 def sweep_manifest(path: str | Path) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedsim.analysis import load_run, load_runs, omega_vs_probability
+from fedsim.analysis import find_runs, has_runs, load_run, load_runs, omega_vs_probability
 
 PATTERNS = ("bernoulli", "markov", "cyclic")
 METHODS = (
@@ -33,12 +33,6 @@ METHODS = (
     "MIFA",
     "FedVARP",
 )
-
-
-def complete_runs(sweep: Path) -> list[Path]:
-    """The finished runs under ``sweep`` (any invocation's: ``sweep.json`` lists only the
-    last one's, and these sweeps were run one seed at a time)."""
-    return sorted(d for d in sweep.iterdir() if (d / "summary.json").is_file())
 
 
 def method_of(name: str, rule: object) -> str:
@@ -57,7 +51,7 @@ def method_of(name: str, rule: object) -> str:
 
 
 def run_rows(sweep: Path) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
-    frame = load_runs(complete_runs(sweep))
+    frame = load_runs(find_runs(sweep))
     rows, curves = [], {}
     for run, group in frame.groupby("run"):
         central = group[(group["phase"] == "central") & group["client"].isna()]
@@ -166,7 +160,7 @@ def omega_markdown(omega: pd.DataFrame) -> str:
 def validation_markdown(sweep: Path) -> tuple[str, pd.DataFrame]:
     """lr_validation.toml's sweep: each method's last-10 % accuracy per local learning
     rate on the validation seed, the best in bold."""
-    frame = load_runs(complete_runs(sweep))
+    frame = load_runs(find_runs(sweep))
     rows = []
     for _, group in frame.groupby("run"):
         central = group[(group["phase"] == "central") & group["client"].isna()]
@@ -281,7 +275,7 @@ def main() -> None:
     args = parser.parse_args()
     parts, curves = [], {}
     for name in ("main", "participating"):
-        if (args.runs / name).is_dir() and complete_runs(args.runs / name):
+        if (args.runs / name).is_dir() and has_runs(args.runs / name):
             rows, more = run_rows(args.runs / name)
             parts.append(rows)
             curves.update(more)
@@ -300,13 +294,13 @@ def main() -> None:
     print(f"\n{len(runs)} runs, {runs['wall_s'].sum() / 60:.1f} min of run wall time in all")
     validation = args.runs / "lr_validation"
     chosen = None
-    if validation.is_dir() and complete_runs(validation):
+    if validation.is_dir() and has_runs(validation):
         text, chosen = validation_markdown(validation)
         print("\nvalidation seed:\n" + text)
         tuned_dirs = (
             sorted((args.runs / "tuned").glob("*")) if (args.runs / "tuned").is_dir() else []
         )
-        tuned_parts = [run_rows(d)[0] for d in tuned_dirs if complete_runs(d)]
+        tuned_parts = [run_rows(d)[0] for d in tuned_dirs if has_runs(d)]
         tuned = pd.concat(tuned_parts, ignore_index=True) if tuned_parts else pd.DataFrame()
         print("\ntuned, bernoulli:\n" + tuned_markdown(runs, tuned, chosen))
     if args.data:

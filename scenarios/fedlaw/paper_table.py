@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.analysis import load_runs
+from fedsim.analysis import find_runs, has_runs, load_runs
 from fedsim.paper_tables import evaluate_final_model
 
 SETUPS = {"reference": "20 clients, all", "hard_100": "100 clients, 10 %"}
@@ -32,12 +32,6 @@ METHODS = {
     "fedlaw": "FedLAW",
 }
 SHOWN_ROUNDS = (1, 10, 50, 100, 200)
-
-
-def complete_runs(sweep: Path) -> list[Path]:
-    """The finished runs under ``sweep`` (any invocation's: ``sweep.json`` lists only the
-    last one's, and these sweeps were run one seed at a time)."""
-    return sorted(d for d in sweep.iterdir() if (d / "summary.json").is_file())
 
 
 def entropy_curve(server: pd.DataFrame) -> pd.Series:
@@ -57,7 +51,7 @@ def entropy_curve(server: pd.DataFrame) -> pd.Series:
 
 
 def run_rows(sweep: Path, setup: str) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    frame = load_runs(complete_runs(sweep))
+    frame = load_runs(find_runs(sweep))
     rows, curves = [], {}
     for run, group in frame.groupby("run"):
         method = str(group["strategy.name"].iloc[0])
@@ -242,7 +236,7 @@ def main() -> None:
     args = parser.parse_args()
     parts, curves = [], {}
     for setup in SETUPS:
-        if (args.runs / setup).is_dir() and complete_runs(args.runs / setup):
+        if (args.runs / setup).is_dir() and has_runs(args.runs / setup):
             rows, more = run_rows(args.runs / setup, setup)
             parts.append(rows)
             curves.update(more)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.analysis import load_runs
+from fedsim.analysis import find_runs, has_runs, load_runs
 
 TARGETS = (0.6, 0.8, 0.9)
 METHODS = {
@@ -37,12 +37,6 @@ TOPOLOGIES = {
 }
 
 
-def complete_runs(sweep: Path) -> list[Path]:
-    """The finished runs under ``sweep`` (any invocation's: ``sweep.json`` lists only the
-    last one's, and these sweeps were run one seed at a time)."""
-    return sorted(d for d in sweep.iterdir() if (d / "summary.json").is_file())
-
-
 def first_reach(curve: pd.Series, target: float) -> float:
     """The first round whose value is at least ``target`` (NaN if none).
 
@@ -55,7 +49,7 @@ def first_reach(curve: pd.Series, target: float) -> float:
 
 def run_rows(sweep: Path, topology: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per complete run of one sweep directory."""
-    frame = load_runs(complete_runs(sweep))
+    frame = load_runs(find_runs(sweep))
     rows = []
     for run, group in frame.groupby("run"):
         central = group[(group["phase"] == "central") & group["client"].isna()]
@@ -278,7 +272,7 @@ def main() -> None:
     args = parser.parse_args()
     parts, curve_parts = [], []
     for name in TOPOLOGIES:
-        if (args.runs / name).is_dir() and complete_runs(args.runs / name):
+        if (args.runs / name).is_dir() and has_runs(args.runs / name):
             runs, curves = run_rows(args.runs / name, name)
             curves.columns = [f"{name}/{c}" for c in curves.columns]
             runs["run"] = [f"{name}/{r}" for r in runs["run"]]
