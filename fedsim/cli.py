@@ -126,19 +126,16 @@ def run(
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    trackers = ["log.trackers=" + json.dumps(list(log))] if log else []
     if is_flower_project(scenario):
-        if log:
-            _fail(FedsimError(f"{scenario}: --log: trackers are not available for Flower apps yet"))
-        _run_app(scenario, out, engine, run_config, overlay, set_)
+        _run_app(scenario, out, engine, run_config, overlay, [*(set_ or []), *trackers])
         return
     if run_config or overlay is not None:
         _fail(FedsimError(f"{scenario}: --run-config and --scenario are for Flower app folders"))
 
-    overrides = list(set_ or [])
+    overrides = [*(set_ or []), *trackers]
     if engine is not None:
         overrides.append(f'engine.kind="{engine}"')
-    if log:
-        overrides.append("log.trackers=" + json.dumps(list(log)))
     made: list[Path] = []
     try:
         loaded = Scenario.from_file(scenario, overrides)

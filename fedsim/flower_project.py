@@ -30,7 +30,7 @@ PYPROJECT = "pyproject.toml"
 RUN_CONFIG_KEY = "tool.flwr.app.config"
 # The fedsim tables a Flower app may use; the rest (model, strategy, rounds, ...) is
 # the ServerApp's business.
-APP_TABLES = ("name", "seed", "data", "participation", "engine")
+APP_TABLES = ("name", "seed", "data", "participation", "engine", "log")
 FLOWER_TABLE = "flower"  # where the run's scenario.toml records the project
 
 RunConfigValue = bool | int | float | str

@@ -5,6 +5,7 @@ final model where both train every node. Bad projects are one line and exit 2.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import fedsim
 from fedsim.errors import FedsimError
 from fedsim.flower_project import read_project
+from fedsim.trackers import read_tensorboard_scalars
 from tests.helpers import run_cli
 
 PYPROJECT = """\
@@ -245,11 +247,18 @@ def test_participation_from_tool_fedsim_limits_each_rounds_nodes(tmp_path: Path)
     extra = '\n[tool.fedsim]\nseed = 3\n[tool.fedsim.participation]\npattern = "uniform"\n'
     extra += "clients_per_round = 2\n"
     project = write_app(tmp_path, "uniformapp", extra)
-    done = run_cli("run", str(project), "--engine", "inline", "--out", "run", cwd=tmp_path)
+    args = ["run", str(project), "--engine", "inline", "--out", "run"]
+    done = run_cli(*args, "--log", "jsonl", "--log", "tensorboard", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1] == "results: run"
     run = fedsim.load_run(tmp_path / "run")
     assert run.summary is not None and run.summary["rounds"] == 3
+    # the trackers got the app's rounds, read back by their own readers
+    logged = [json.loads(line) for line in (run.path / "logs/metrics.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged] == [0, 1, 2, 3]
+    assert logged[-1]["metrics"]["central/accuracy"] == run.summary["final_accuracy"]
+    scalars = read_tensorboard_scalars(run.path / "logs/tensorboard")
+    assert sorted(step for step, tag, _ in scalars if tag == "train/train_loss") == [1, 2, 3]
     participation = run.participation
     per_round = participation.groupby("round")
     assert per_round["available"].sum().tolist() == [2, 2, 2]
@@ -364,7 +373,7 @@ def test_bad_flower_projects_are_one_line_errors(tmp_path: Path) -> None:
         fedsim.run_app(project, scenario=overlay)
     assert str(error.value) == (
         f"{overlay}: strategy: not used for a Flower app (its ServerApp decides that); "
-        "expected one of name, seed, data, participation, engine"
+        "expected one of name, seed, data, participation, engine, log"
     )
     assert not (tmp_path / "runs").exists() and not (tmp_path / "run").exists()
 

@@ -15,6 +15,7 @@ This module imports nothing heavy at import time: ``import fedsim`` stays light.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -58,6 +59,15 @@ def _scenario(
     if any(value is not None for value in objects.values()):
         scenario = scenario.with_objects(**objects)
     return scenario
+
+
+def _tracker_overrides(trackers: Sequence[str] | None) -> list[str]:
+    """``trackers`` as the ``--set`` line ``--log`` makes.
+
+    >>> _tracker_overrides(["jsonl", "wandb"]), _tracker_overrides(None)
+    (['log.trackers=["jsonl", "wandb"]'], [])
+    """
+    return [f"log.trackers={json.dumps(list(trackers))}"] if trackers else []
 
 
 def run(
@@ -114,6 +124,7 @@ def run_app(
     run_config: Sequence[str] | None = None,
     scenario: str | Path | None = None,
     overrides: Iterable[str] | None = None,
+    trackers: Sequence[str] | None = None,
     on_round_end: ProgressCallback | None = None,
     stop: threading.Event | None = None,
 ) -> Run:
@@ -125,8 +136,9 @@ def run_app(
     file). ``scenario``: a fedsim TOML overlay for what Flower has no words for
     (``[participation]``, ``[engine]``, ``seed``, ``data.num_clients``), on top of the
     project's ``[tool.fedsim]`` table; ``overrides``: dotted keys on top, as ``--set``.
-    ``engine``: ``"ray"`` (default) or ``"inline"``. Stopping (``stop``) ends the run
-    after the current round; a Flower app's run cannot be resumed.
+    ``engine``: ``"ray"`` (default) or ``"inline"``. ``trackers``: as :func:`run`'s.
+    Stopping (``stop``) ends the run after the current round; a Flower app's run cannot
+    be resumed.
     """
     from fedsim.analysis.runs import load_run
     from fedsim.flower_project import read_project
@@ -138,7 +150,7 @@ def run_app(
         project_dir,
         run_config=list(run_config or []),
         overlay=Path(scenario) if scenario is not None else None,
-        overrides=list(overrides or []),
+        overrides=[*(overrides or []), *_tracker_overrides(trackers)],
     )
     resolved = app_scenario(read, engine)
     run_dir = Path(out) if out is not None else default_run_dir(resolved)

@@ -27,7 +27,7 @@ from fedsim.simulation.checkpoint import (
     remove_checkpoint,
 )
 from fedsim.simulation.launch import ENGINES, Launcher
-from fedsim.simulation.session import RunControl, privacy_summary, run_summary
+from fedsim.simulation.session import RunControl, privacy_summary, run_summary, tracked
 from fedsim.simulation.setup import build_run, validate
 
 ProgressCallback = Callable[[int, float | None], None]
@@ -120,46 +120,24 @@ def _execute(
     the rows of every round as it ends, and the summary; a run that stops early ends
     their runs as failed (an error) or killed (interrupted, resumable).
     """
-    trackers = None
-    if scenario.trackers:
-        from fedsim.trackers import Trackers
-
-        trackers = Trackers(scenario.trackers, run_dir, scenario.raw)
-        trackers.skip_to(len(writer.metric_rows) if control.resume is not None else 0)
-        outer = control.on_round_end
-
-        def on_round_end(rnd: int, accuracy: float | None) -> None:
-            assert trackers is not None
-            trackers.update(writer.metric_rows)
-            if outer is not None:
-                outer(rnd, accuracy)
-
-        control.on_round_end = on_round_end
-    try:
-        setup = build_run(scenario, run_dir, data=data)
-        writer.client_facts(setup.client_facts())
-        if setup.system is not None:
-            writer.devices(setup.system.profiles.to_frame())
-        arrays = (launcher or ENGINES[scenario.engine.kind])(setup, writer, control)
-    except RunInterrupted:
-        if trackers is not None:
-            trackers.update(writer.metric_rows)
-            trackers.stop("KILLED")
-        raise
-    except BaseException as error:
-        writer.stopped(error)
-        if trackers is not None:
-            trackers.update(writer.metric_rows)
-            trackers.stop("FAILED")
-        raise
-    writer.final_model({name: arrays[name].numpy() for name in arrays})
-    summary = {
-        **run_summary(scenario, scenario.rounds, writer, control),
-        **privacy_summary(scenario, writer),
-    }
-    writer.finish(summary)
-    if trackers is not None:
-        trackers.update(writer.metric_rows)
-        trackers.finish(summary)
+    with tracked(scenario, run_dir, writer, control) as finish_trackers:
+        try:
+            setup = build_run(scenario, run_dir, data=data)
+            writer.client_facts(setup.client_facts())
+            if setup.system is not None:
+                writer.devices(setup.system.profiles.to_frame())
+            arrays = (launcher or ENGINES[scenario.engine.kind])(setup, writer, control)
+        except RunInterrupted:
+            raise
+        except BaseException as error:
+            writer.stopped(error)
+            raise
+        writer.final_model({name: arrays[name].numpy() for name in arrays})
+        summary = {
+            **run_summary(scenario, scenario.rounds, writer, control),
+            **privacy_summary(scenario, writer),
+        }
+        writer.finish(summary)
+        finish_trackers(summary)
     remove_checkpoint(run_dir)
     return summary

@@ -49,7 +49,7 @@ from fedsim.results import (
 from fedsim.simulation.checkpoint import RunInterrupted
 from fedsim.simulation.launch import client_nodes, started_grid
 from fedsim.simulation.loop import LoopSettings, run_rounds
-from fedsim.simulation.session import CohortBookkeeping, RunControl, run_summary
+from fedsim.simulation.session import CohortBookkeeping, RunControl, run_summary, tracked
 from fedsim.simulation.setup import build_participation
 
 EVENT_NO_STRATEGY_START = "no_strategy_start"
@@ -124,40 +124,44 @@ def run_flower_app(
         # Before the strategy starts (round 0) every node is there, as in Flower.
         return np.arange(n) if rnd == 0 else np.asarray(pattern.reachable(rnd))
 
-    starts = StrategyStarts(scenario, writer, control)
-    try:
-        with started_grid(scenario, client_app, scenario.engine.kind, project.run_config) as inner:
-            grid = ReachableGrid(
-                inner, node_of_client=client_nodes(n), reachable=reachable, faults=faults
+    with tracked(scenario, run_dir, writer, control) as finish_trackers:
+        starts = StrategyStarts(scenario, writer, control)
+        try:
+            with started_grid(
+                scenario, client_app, scenario.engine.kind, project.run_config
+            ) as inner:
+                grid = ReachableGrid(
+                    inner, node_of_client=client_nodes(n), reachable=reachable, faults=faults
+                )
+                grid.begin_round(0)
+                starts.grid = grid
+                context = Context(
+                    run_id=inner.run.run_id,
+                    node_id=SERVERAPP_NODE_ID,
+                    node_config={},
+                    state=RecordDict(),
+                    run_config=dict(project.run_config),
+                )
+                with starts.installed():
+                    server_app(grid, context)
+        except RunInterrupted:
+            writer.flush()
+            raise
+        except BaseException as error:
+            writer.stopped(error)
+            raise
+        if starts.result is None:
+            writer.event(
+                0,
+                EVENT_NO_STRATEGY_START,
+                reason="the ServerApp did not call Strategy.start: no rounds were recorded",
             )
-            grid.begin_round(0)
-            starts.grid = grid
-            context = Context(
-                run_id=inner.run.run_id,
-                node_id=SERVERAPP_NODE_ID,
-                node_config={},
-                state=RecordDict(),
-                run_config=dict(project.run_config),
-            )
-            with starts.installed():
-                server_app(grid, context)
-    except RunInterrupted:
-        writer.flush()
-        raise
-    except BaseException as error:
-        writer.stopped(error)
-        raise
-    if starts.result is None:
-        writer.event(
-            0,
-            EVENT_NO_STRATEGY_START,
-            reason="the ServerApp did not call Strategy.start: no rounds were recorded",
-        )
-    else:
-        arrays = starts.result.arrays
-        writer.final_model({name: arrays[name].numpy() for name in arrays})
-    summary = run_summary(scenario, starts.rounds, writer, control)
-    writer.finish(summary)
+        else:
+            arrays = starts.result.arrays
+            writer.final_model({name: arrays[name].numpy() for name in arrays})
+        summary = run_summary(scenario, starts.rounds, writer, control)
+        writer.finish(summary)
+        finish_trackers(summary)
     return summary
 
 

@@ -8,10 +8,11 @@ results of all of them together equal an uninterrupted run's.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,41 @@ class RunControl:
         """Wall time of the run so far, earlier sessions of a resumed run included."""
         before = self.resume.elapsed_s if self.resume is not None else 0.0
         return before + time.monotonic() - self.started
+
+
+@contextlib.contextmanager
+def tracked(
+    scenario: Scenario, run_dir: Path, writer: RunWriter, control: RunControl
+) -> Iterator[Callable[[Mapping[str, Any]], None]]:
+    """The scenario's trackers (``[log] trackers``) for the run inside the block: fed the
+    rows of every round as it ends (through ``control.on_round_end``), ended as failed
+    (an error) or killed (interrupted, resumable) when the block raises. Yields what
+    ends them with the run's summary, once its files are complete."""
+    if not scenario.trackers:
+        yield lambda _summary: None
+        return
+    from fedsim.trackers import Trackers
+
+    trackers = Trackers(scenario.trackers, run_dir, scenario.raw)
+    trackers.skip_to(len(writer.metric_rows) if control.resume is not None else 0)
+    outer = control.on_round_end
+
+    def on_round_end(rnd: int, accuracy: float | None) -> None:
+        trackers.update(writer.metric_rows)
+        if outer is not None:
+            outer(rnd, accuracy)
+
+    def finish(summary: Mapping[str, Any]) -> None:
+        trackers.update(writer.metric_rows)
+        trackers.finish(summary)
+
+    control.on_round_end = on_round_end
+    try:
+        yield finish
+    except BaseException as error:
+        trackers.update(writer.metric_rows)
+        trackers.stop("KILLED" if isinstance(error, RunInterrupted) else "FAILED")
+        raise
 
 
 def central_evaluator(
