@@ -254,7 +254,8 @@ def test_participation_from_tool_fedsim_limits_each_rounds_nodes(tmp_path: Path)
     run = fedsim.load_run(tmp_path / "run")
     assert run.summary is not None and run.summary["rounds"] == 3
     # the trackers got the app's rounds, read back by their own readers
-    logged = [json.loads(line) for line in (run.path / "logs/metrics.jsonl").read_text().splitlines()]
+    lines = (run.path / "logs/metrics.jsonl").read_text().splitlines()
+    logged = [json.loads(line) for line in lines]
     assert [entry["step"] for entry in logged] == [0, 1, 2, 3]
     assert logged[-1]["metrics"]["central/accuracy"] == run.summary["final_accuracy"]
     scalars = read_tensorboard_scalars(run.path / "logs/tensorboard")
