@@ -24,6 +24,8 @@ import torch
 from flwr.app import Array, ArrayRecord
 from flwr.common.constant import SType
 
+from fedsim.records import array_record
+
 T = TypeVar("T")
 
 _NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
@@ -117,9 +119,15 @@ class RowArray(Array):
     """
 
     def __init__(  # Array's fields, set without building the bytes
-        self, block: np.ndarray | Block, row: int, start: int, shape: tuple[int, ...]
+        self,
+        block: np.ndarray | Block,
+        row: int,
+        start: int,
+        shape: tuple[int, ...],
+        dtype: str | None = None,
     ) -> None:
-        self.__dict__.update(dtype=block.dtype.name, shape=tuple(shape), stype=SType.NUMPY)
+        dtype = dtype or block.dtype.name  # given by callers that make many of one block
+        self.__dict__.update(dtype=dtype, shape=tuple(shape), stype=SType.NUMPY)
         self.__dict__["_slice"] = (block, row, start, math.prod(shape))
 
     @property
@@ -168,13 +176,14 @@ def rows_to_records(
     if not isinstance(block, Block):
         block = np.ascontiguousarray(block)
     starts = np.cumsum([0] + [math.prod(shape) for shape in shapes]).tolist()
-    out = []
-    for row in range(block.shape[0]):
-        record = ArrayRecord()  # filled in place: ArrayRecord(dict) would copy every Array
-        for name, shape, start in zip(names, shapes, starts, strict=False):
-            record[name] = RowArray(block, row, start, shape)
-        out.append(record)
-    return out
+    dtype = block.dtype.name
+    layout = list(zip(names, shapes, starts, strict=False))
+    return [
+        array_record(
+            (name, RowArray(block, row, start, shape, dtype)) for name, shape, start in layout
+        )
+        for row in range(block.shape[0])
+    ]
 
 
 def array_to_numpy(array: Array) -> np.ndarray:

@@ -1,17 +1,20 @@
-"""Reading a Flower ``RecordDict`` by record type without Flower's copying views.
+"""Flower's records read, checked, averaged and built without Flower's per-item cost.
 
 ``RecordDict.array_records`` (and ``metric_records``, ``config_records``) builds a
 new synchronised dict on every access, setting every entry twice through type
 checks: at 50 replies a round, fedsim's own reads of them cost more than its
 FedAvg arithmetic on CPU. These functions read the same records, in the same
-order, straight from the ``RecordDict``.
+order, straight from the ``RecordDict``; check replies and average their metrics as
+Flower does, to the same errors and the same floats; and build the records of
+fedsim's own replies without checking arrays that fedsim made.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.exception import InconsistentMessageReplies
 
 R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
@@ -25,6 +28,24 @@ def records_of(content: RecordDict, kind: type[R]) -> list[R]:
     ['MetricRecord']
     """
     return [record for record in content.values() if isinstance(record, kind)]
+
+
+def array_record(arrays: Iterable[tuple[str, Array]]) -> ArrayRecord:
+    """An ``ArrayRecord`` of ``arrays`` (name, Flower ``Array``) that fedsim made itself.
+
+    ``ArrayRecord.__setitem__`` checks every key and value and marks the record dirty:
+    about 6 µs an array, 3 ms a round for 50 replies of a 10-array model. fedsim's own
+    arrays need no check, so they go into the record's dict directly (a record built
+    otherwise, with the same content, compares equal).
+
+    >>> import numpy as np
+    >>> record = array_record([("w", Array(np.zeros(2, np.float32)))])
+    >>> list(record), record == ArrayRecord({"w": Array(np.zeros(2, np.float32))})
+    (['w'], True)
+    """
+    record = ArrayRecord()
+    record.__dict__["_data"].update(arrays)
+    return record
 
 
 def first_of(content: RecordDict, kind: type[R]) -> R:
