@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from fedsim.engine import mailbox as mailbox_module
 from fedsim.engine.mailbox import Mailbox
@@ -84,5 +85,25 @@ def test_only_a_private_file_is_a_mailbox() -> None:
         attached = Mailbox.attach(box.path)
         assert attached is not None
         attached.close()
+    finally:
+        box.close()
+
+
+def test_what_a_full_dev_shm_cannot_hold_is_passed_around_the_mailbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    box = Mailbox.create()
+    try:
+        small = box.pack_or_pass([1, 2])
+        assert isinstance(small, list) and box.unpack_or_pass(small) == [1, 2]
+
+        def full(fd: int, offset: int, length: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "posix_fallocate", full)
+        big = np.ones(1 << 20)  # 8 MB: more than the file has
+        passed = box.pack_or_pass(big)
+        assert not isinstance(passed, list) and box.unpack_or_pass(passed) is big
+        assert os.path.getsize(box.path) < big.nbytes  # nothing was written past the end
     finally:
         box.close()

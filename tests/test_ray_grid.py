@@ -186,3 +186,24 @@ def test_batched_dispatch_keeps_the_engines_semantics(ray_session: None) -> None
         assert grid.stats["calls"] == 1 + 1 + 5 and grid.stats["messages"] == 4 + 5 + 5
     finally:
         grid.shutdown()
+
+
+def test_a_call_the_mailbox_has_no_room_for_goes_through_ray(
+    ray_session: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedsim.engine.mailbox import Mailbox
+
+    grid = RayGrid(toy_app, num_clients=5, num_actors=1)
+    try:
+        assert grid._mailboxes[0] is not None
+
+        def full(self: Mailbox, obj: object) -> list[tuple[int, int]]:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(Mailbox, "pack", full)  # the driver's side: /dev/shm is full
+        replies = list(grid.send_and_receive([start_message(node_id_of(c)) for c in (1, 3)]))
+        assert [r.has_error() for r in replies] == [False, True]
+        assert replies[0].content["arrays"]["w"].numpy().tolist() == [2.0, 2.0]
+        assert grid._mailboxes[0] is not None  # kept for the next call
+    finally:
+        grid.shutdown()

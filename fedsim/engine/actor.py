@@ -18,6 +18,7 @@ shared-memory mailbox (:mod:`fedsim.engine.mailbox`) instead of Ray's object sto
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import ray
 from flwr.app import Context, Message
@@ -50,12 +51,13 @@ class ClientActor:
         """Started; True when the actor opened its mailbox (it shares the driver's machine)."""
         return self.mailbox is not None
 
-    def run_mailed_batch(self, spans: list[Span]) -> list[Span]:
-        """:meth:`run_batch` with its arguments and its result in the mailbox."""
+    def run_mailed_batch(self, spans: list[Span]) -> Any:
+        """:meth:`run_batch` with its arguments and its result in the mailbox (the result
+        through Ray should the mailbox not have room for it)."""
         if self.mailbox is None:
             raise RuntimeError("this actor has no mailbox")
         items, contents = self.mailbox.unpack(spans)
-        return self.mailbox.pack(self.run_batch(items, *contents))
+        return self.mailbox.pack_or_pass(self.run_batch(items, *contents))
 
     def run_batch(
         self, items: list[BatchItem], *contents: bytes

@@ -18,7 +18,9 @@ removes them (when the grid shuts down or replaces an actor, and at exit). A mai
 file of mode 0600 under a random name, made with ``O_EXCL``, and an actor opens only such a
 file of its own user: what it unpickles comes from its driver. An actor that cannot open
 its file (it runs on another machine of a cluster) says so, and its calls go through Ray's
-object store as before.
+object store as before; so does a call, or a reply, that the file cannot grow to hold (the
+pages are reserved before they are written, so a full ``/dev/shm`` is an error to fall
+back from, not a SIGBUS).
 """
 
 from __future__ import annotations
@@ -124,8 +126,16 @@ class Mailbox:
         return self._map
 
     def _grow(self, size: int) -> None:
-        if os.fstat(self._fd).st_size < size:
-            os.ftruncate(self._fd, max(size, 2 * os.fstat(self._fd).st_size))
+        """Make the file at least ``size`` bytes, its pages reserved: on a full ``/dev/shm``
+        (a container's 64 MB, say) that is an OSError here, not a SIGBUS when the map is
+        written."""
+        current = os.fstat(self._fd).st_size
+        if current < size:
+            wanted = max(size, 2 * current)
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(self._fd, 0, wanted)
+            else:  # macOS: no reservation, and its temporary folder is on disk
+                os.ftruncate(self._fd, wanted)
 
     def write(self, parts: list[memoryview]) -> list[Span]:
         """Lay ``parts`` one after another from the start of the file (growing it)."""
@@ -161,12 +171,31 @@ class Mailbox:
         stream, *buffers = (self.read(span) for span in spans)
         return pickle.loads(stream.data, buffers=buffers)
 
+    def pack_or_pass(self, obj: Any) -> list[Span] | Any:
+        """:meth:`pack` ``obj``, or ``obj`` itself (for Ray to carry) when the mailbox
+        cannot grow to hold it; :meth:`unpack_or_pass` tells the two apart."""
+        try:
+            return self.pack(obj)
+        except OSError:
+            return _Passed(obj)
+
+    def unpack_or_pass(self, packed: list[Span] | Any) -> Any:
+        """What :meth:`pack_or_pass` was given."""
+        return packed.obj if isinstance(packed, _Passed) else self.unpack(packed)
+
     def close(self) -> None:
         """Unmap the file; the process that created it also deletes it."""
         if self._map is not None:
             self._map.close()
             self._map = None
         self._finalizer()
+
+
+class _Passed:
+    """An object that went around the mailbox (through Ray) because it did not fit."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
 
 
 def _close(fd: int, path: Path | None) -> None:

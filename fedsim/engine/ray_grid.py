@@ -222,9 +222,13 @@ class RayGrid(NodeGrid):
         self.stats["messages"] += len(items)
         mailbox = self._mailboxes[actor]
         if mailbox is not None:
-            spans = mailbox.pack((items, [contents.bytes_of(c) for c in distinct]))
-            future = self.actors[actor].run_mailed_batch.remote(spans)
-        else:
+            try:
+                spans = mailbox.pack((items, [contents.bytes_of(c) for c in distinct]))
+            except OSError:  # no room for it (a full /dev/shm): this call goes through Ray
+                mailbox = None
+            else:
+                future = self.actors[actor].run_mailed_batch.remote(spans)
+        if mailbox is None:
             refs = [contents.ref_of(content) for content in distinct]
             future = self.actors[actor].run_batch.remote(items, *refs)
         return _Call(actor, messages, future, mailbox)
@@ -233,7 +237,7 @@ class RayGrid(NodeGrid):
         """Store a returned call's replies and updated contexts."""
         result = ray.get(call.future)
         if call.mailbox is not None:
-            result = call.mailbox.unpack(result)
+            result = call.mailbox.unpack_or_pass(result)
         results, busy, tally = result
         self.stats["actor_busy_s"] += busy
         self._count(tally)
