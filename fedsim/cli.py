@@ -71,6 +71,28 @@ def _stop_on_ctrl_c() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def _interrupt_on_ctrl_c(requested: threading.Event) -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt, as by default, and sets ``requested``: Python
+    drops an exception raised while a finaliser or ``__del__`` runs (Ray's object
+    references have them), so a caller that checks the event between steps does not
+    lose a Ctrl-C that landed there."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        requested.set()
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: Ctrl-C keeps its default
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _interrupted(message: str) -> None:
     console.print(message, highlight=False, soft_wrap=True, markup=False)
     raise typer.Exit(INTERRUPTED_EXIT)
@@ -463,12 +485,15 @@ def sweep(
             TimeRemainingColumn(),
         )
         started = time.perf_counter()
+        requested = threading.Event()  # Ctrl-C
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task(
                 "sweep", total=sum(rounds.values()), runs=0, count=len(rounds), current=""
             )
 
             def on_event(event: SweepEvent) -> None:
+                if requested.is_set():  # a Ctrl-C whose KeyboardInterrupt was dropped
+                    raise KeyboardInterrupt
                 name = event.point.name
                 if event.kind == "round":
                     done_rounds[name] = event.round
@@ -488,7 +513,8 @@ def sweep(
                 )
 
             try:
-                outcome = api.sweep(plan, parallel=parallel, on_event=on_event)
+                with _interrupt_on_ctrl_c(requested):
+                    outcome = api.sweep(plan, parallel=parallel, on_event=on_event)
             except KeyboardInterrupt:
                 progress.stop()
                 console.print(
