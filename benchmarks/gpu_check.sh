@@ -96,7 +96,7 @@ def found(name):
     except (ImportError, ValueError):
         return False
 print("ray installed:", found("ray"))
-import flwr, fedsim.run
+import flwr, fedsim.cli, fedsim.simulation, fedsim.engine.inline_grid
 print("flwr", flwr.__version__ if hasattr(flwr, "__version__") else "?", "and fedsim import")
 print("ray imported by fedsim's import:", "ray" in sys.modules)
 EOF
