@@ -250,3 +250,18 @@ def test_plain_loop_trains_exactly_as_fedsims_client_app(tmp_path: Path) -> None
     initial = prepared.initial_arrays
     assert initial is not None
     assert any(not np.array_equal(initial[n].numpy(), v) for n, v in expected.items())
+
+
+def test_the_gpu_scripts_modules_exist() -> None:
+    """benchmarks/gpu_check.sh runs on a machine reached once in a while: every module
+    its Python blocks import, and every ``python -m`` it starts, must still exist here."""
+    import importlib.util
+    import re
+
+    script = (Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh").read_text()
+    names = set(re.findall(r'"\$PYTHON" -m ([\w.]+)', script))
+    for line in re.findall(r"^import (.+)$", script, flags=re.MULTILINE):
+        names.update(name.strip() for name in line.split(","))
+    assert {"fedsim.cli", "benchmarks.run", "benchmarks.full_cifar"} <= names
+    missing = [name for name in sorted(names) if importlib.util.find_spec(name) is None]
+    assert not missing
