@@ -258,10 +258,11 @@ def slower_as_cohort(model: nn.Module, device: torch.device) -> str | None:
 
     On a CPU, a 2-D or 3-D convolution of stacked models runs as one grouped convolution,
     which PyTorch's CPU kernels compute more slowly than the clients' convolutions one
-    after another (measured on 2 cores, 10 clients, 5 steps: fedau-cnn on 3x32x32 images
-    1.7x and lenet5 1.1x the sequential time; 1-D convolutions and linear layers gain:
-    fedau-cnn on 1x40 signals 0.52x, an MLP 0.60x). An explicit ``engine.cohort = N``
-    trains such models in cohorts anyway.
+    after another (measured on 2 cores, 10 clients, 5 steps of 10 images 3x32x32: fedau-cnn
+    1.74x the sequential time on one thread and 1.46x on two, lenet5 1.21x and 0.81x;
+    1-D convolutions and linear layers gain: fedau-cnn on 1x40 signals 0.52x, an MLP
+    0.60x, on one thread). An explicit ``engine.cohort = N`` trains such models in
+    cohorts anyway.
 
     >>> slower_as_cohort(nn.Conv2d(1, 1, 3), torch.device("cpu")).split(" (")[0]
     'auto: Conv2d trains faster one client at a time on the CPU'
