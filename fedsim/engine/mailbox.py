@@ -3,8 +3,8 @@
 A Ray call's argument or return value over 100 KB travels through Ray's object store:
 a put, a seal and a fetch, each a round of messages between the worker, the raylet and
 the store. On 2 cores that costs about 3 ms for a cohort's 2 MB of replies and 1 ms for a
-round's 200 KB model, as much as the cohort's whole training is short (docs/benchmarks.md,
-"Run 9"). When the driver and an actor are on one machine, a call's payload goes through a
+round's 200 KB model, a quarter of what training those 10 small clients as a cohort takes
+(docs/benchmarks.md, "Run 9"). When the driver and an actor are on one machine, a call's payload goes through a
 file in ``/dev/shm`` that both map instead: the driver writes the call (its messages, their
 Contexts and the round's content) there and sends only where it lies; the actor reads it,
 serves, and writes its replies in the same place, and returns only where they lie. Pickle
