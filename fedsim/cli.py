@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import signal
 import sys
 import threading
@@ -25,6 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedsim.errors import FedsimError
+from fedsim.flower_logs import quiet_flower
 from fedsim.outputs import new_output_directory, output_directory, output_file, remove_if_empty
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def run(
     from fedsim.simulation import api
 
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        quiet_flower()
     trackers = ["log.trackers=" + json.dumps(list(log))] if log else []
     if is_flower_project(scenario):
         _run_app(scenario, out, engine, run_config, overlay, [*(set_ or []), *trackers])
@@ -296,7 +296,7 @@ def resume(
     from fedsim.simulation import api
 
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        quiet_flower()
     try:
         try:
             rounds = int(tomllib.loads((run_dir / SCENARIO_FILE).read_text())["rounds"])
@@ -467,7 +467,7 @@ def sweep(
     from fedsim.simulation.sweep import SweepEvent
 
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        quiet_flower()
     try:
         if out is not None and out.exists() and not out.is_dir():
             raise FedsimError(f"--out: {out} exists and is not a directory")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import shlex
@@ -54,6 +53,7 @@ import pandas as pd
 
 from fedsim.analysis import SEED_COLUMN, load_run, load_runs, run_results
 from fedsim.errors import FedsimError
+from fedsim.flower_logs import quiet_flower
 from fedsim.results import CLIENT_DATA_DIR
 from fedsim.simulation.sweep import Point, SweepEvent, SweepPlan, is_complete, plan_sweep, run_sweep
 
@@ -217,7 +217,7 @@ def run_plans(
         return None
     from fedsim.engine.ray_runtime import local_ray
 
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    quiet_flower()
     started, load_start, clock = _now(), _load(), time.perf_counter()
     with local_ray("paper tables", num_cpus=num_cpus):
         for plan in plans:
@@ -236,7 +236,7 @@ def run_scenarios(jobs: Sequence[tuple[Path, Sequence[str], Path]]) -> Invocatio
         return None
     from fedsim.engine.ray_runtime import local_ray
 
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    quiet_flower()
     started, load_start, clock = _now(), _load(), time.perf_counter()
     with local_ray("paper tables"):
         for number, (scenario_file, overrides, run_dir) in enumerate(jobs, start=1):

@@ -1,15 +1,15 @@
 """A same-machine shortcut for what a Ray call carries: one shared-memory file per actor.
 
-A Ray call's argument or return value over 100 KB travels through Ray's object store:
-a put, a seal and a fetch, each a round of messages between the worker, the raylet and
-the store. On 2 cores that costs about 3 ms for a cohort's 2 MB of replies and 1 ms for a
-round's 200 KB model, a quarter of what training those 10 small clients as a cohort takes
-(docs/benchmarks.md, "Run 9"). When the driver and an actor are on one machine, a call's payload goes through a
-file in ``/dev/shm`` that both map instead: the driver writes the call (its messages, their
-Contexts and the round's content) there and sends only where it lies; the actor reads it,
-serves, and writes its replies in the same place, and returns only where they lie. Pickle
-protocol 5 keeps the replies' arrays (a cohort's stacked models) out of the pickle stream,
-so they are written once, as raw buffers.
+A Ray call's argument or return value over 100 KB travels through Ray's object store: a put,
+a seal and a fetch, each a round of messages between the worker, the raylet and the store.
+On 2 cores that costs about 3 ms for a cohort's 2 MB of replies and 1 ms for a round's 200
+KB model, a quarter of what training those 10 small clients as a cohort takes
+(docs/benchmarks.md, "Run 9"). When the driver and an actor are on one machine, a call's
+payload goes through a file in ``/dev/shm`` that both map instead: the driver writes the
+call (its messages, their Contexts and the round's content) there and sends only where it
+lies; the actor reads it, serves, and writes its replies in the same place, and returns only
+where they lie. Pickle protocol 5 keeps the replies' arrays (a cohort's stacked models) out
+of the pickle stream, so they are written once, as raw buffers.
 
 An actor has one call in flight at a time (:class:`~fedsim.engine.ray_grid.RayGrid`
 sends the next when it has collected the last), so one area per actor suffices, and each

@@ -57,6 +57,7 @@ from fedsim.config import (
     scenario_from_dict,
 )
 from fedsim.errors import FedsimError, ScenarioError
+from fedsim.flower_logs import quiet_flower
 from fedsim.results import SCENARIO_FILE, SUMMARY_FILE, SWEEP_MANIFEST, atomic_write_bytes
 
 SWEEP_KEYS = ("grid", "seeds")
@@ -663,7 +664,7 @@ def _run_parallel(
 
 
 def _worker_init(ray_address: str | None) -> None:
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    quiet_flower()
     if ray_address is not None:
         from fedsim.engine.ray_runtime import worker_environment
 
