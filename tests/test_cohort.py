@@ -369,6 +369,9 @@ def test_a_users_client_app_is_served_one_message_at_a_time(
     list(grid.send_and_receive(messages))
     assert seen == [node_id_of(c) for c in range(3)]
     assert grid.stats["cohort_train"] == 0 and not grid.cohort_fallbacks
+    # The Ray engine sends cohort-sized calls only to an app that says it takes cohorts.
+    assert not HookedClientApp(app, {}).serves_cohorts
+    assert HookedClientApp(FedsimClientApp.__new__(FedsimClientApp), {}).serves_cohorts
 
 
 # --- whole runs ---------------------------------------------------------------------

@@ -207,3 +207,50 @@ def test_a_call_the_mailbox_has_no_room_for_goes_through_ray(
         assert grid._mailboxes[0] is not None  # kept for the next call
     finally:
         grid.shutdown()
+
+
+# --- calls per actor: one cohort each when the app trains cohorts --------------------------
+
+
+def cohort_reply(message: Message, size: int) -> Message:
+    metrics = MetricRecord({"num-examples": 1, "cohort": size})
+    return Message(RecordDict({"metrics": metrics}), reply_to=message)
+
+
+class CohortToy(ClientApp):
+    """Replies with the size of the cohort that served the message (1: one at a time)."""
+
+    serves_cohorts = True
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        @self.train()
+        def _train(message: Message, context: Context) -> Message:
+            return cohort_reply(message, 1)
+
+    def cohort_limit(
+        self, message_type: str, *, max_clients: int | None, memory_mb: float | None
+    ) -> tuple[int, str | None]:
+        return 100, None
+
+    def serve_cohort(self, messages: list[Message], contexts: list[Context]) -> list[Message]:
+        return [cohort_reply(message, len(messages)) for message in messages]
+
+
+cohort_toy = CohortToy()
+
+
+@pytest.mark.parametrize(("mode", "calls", "sizes"), [("auto", 2, [5] * 10), ("off", 4, [1] * 10)])
+def test_with_cohorts_each_actor_gets_one_call_a_round(
+    ray_session: None, mode: str, calls: int, sizes: list[int]
+) -> None:
+    from fedsim.engine.serving import CohortPolicy
+
+    grid = RayGrid(cohort_toy, num_clients=10, num_actors=2, cohort=CohortPolicy(mode))
+    try:
+        replies = list(grid.send_and_receive([start_message(node_id_of(c)) for c in range(10)]))
+        assert [int(r.content["metrics"]["cohort"]) for r in replies] == sizes
+        assert grid.stats["calls"] == calls
+    finally:
+        grid.shutdown()

@@ -436,6 +436,8 @@ class FedsimClientApp(ClientApp):
     >>> # replies = app.serve_cohort(messages[:limit], contexts[:limit])
     """
 
+    serves_cohorts = True  # whether serve_cohort is there (this app's model may still refuse)
+
     def __init__(self, spec: ClientSpec) -> None:
         super().__init__()
         self.spec = spec
@@ -503,6 +505,11 @@ class HookedClientApp(ClientApp):
     def _privatise(self, message: Message, reply: Message, context: Context) -> None:
         if self.local_privacy is not None and message.metadata.message_type == MessageType.TRAIN:
             privatise_reply(message, reply, _client_id(context), self.local_privacy)
+
+    @property
+    def serves_cohorts(self) -> bool:
+        """Whether the inner app takes cohorts (fedsim's own does, a user's does not)."""
+        return bool(getattr(self.inner, "serves_cohorts", False))
 
     def cohort_limit(
         self, message_type: str, *, max_clients: int | None, memory_mb: float | None

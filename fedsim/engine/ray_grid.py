@@ -50,17 +50,27 @@ CALLS_PER_ACTOR = 2
 MAX_BATCH = 32
 
 
-def batch_sizes(num_messages: int, num_actors: int) -> list[int]:
+def batch_sizes(num_messages: int, num_actors: int, *, cohorts: bool = False) -> list[int]:
     """Messages per call, in the order calls go out: about ``CALLS_PER_ACTOR`` calls per
     actor (a lone actor has nothing to balance: one call), at most ``MAX_BATCH`` messages
     each, sizes differing by at most one with the larger calls first, so that actors
     taking the next call as they finish end together.
 
+    With ``cohorts`` (the app trains a call's messages as cohorts), one call per actor: a
+    cohort's cost grows far less than its size, so a larger one beats a later call's
+    balancing (measured on 2 cores, 2 actors, 10 MLP clients a round: 0.74 × the plain loop
+    against 1.12 × with 4 calls), and the actor splits a call that does not fit its memory.
+
     >>> batch_sizes(10, 1), batch_sizes(10, 2), batch_sizes(3, 4), batch_sizes(70, 1)
     ([10], [3, 3, 2, 2], [1, 1, 1], [24, 23, 23])
+    >>> batch_sizes(10, 2, cohorts=True), batch_sizes(70, 1, cohorts=True)
+    ([5, 5], [70])
     """
-    wanted = 1 if num_actors <= 1 else CALLS_PER_ACTOR * num_actors
-    calls = min(num_messages, max(wanted, math.ceil(num_messages / MAX_BATCH)))
+    if cohorts:
+        calls = min(num_messages, num_actors)
+    else:
+        wanted = 1 if num_actors <= 1 else CALLS_PER_ACTOR * num_actors
+        calls = min(num_messages, max(wanted, math.ceil(num_messages / MAX_BATCH)))
     if calls == 0:
         return []
     size, larger = divmod(num_messages, calls)
@@ -121,6 +131,7 @@ class RayGrid(NodeGrid):
             num_clients=num_clients, run_id=run_id, run_config=run_config, cohort=cohort
         )
         self._app_ref = ray.put(app)
+        self._cohorts = self.cohort.enabled and bool(getattr(app, "serves_cohorts", False))
         self._actor_options = {"num_cpus": num_cpus_per_actor, "num_gpus": num_gpus_per_actor}
         self._cpu_threads = None if num_gpus_per_actor > 0 else max(1, int(num_cpus_per_actor))
         self._start_timeout = start_timeout
@@ -166,7 +177,7 @@ class RayGrid(NodeGrid):
     def _dispatch(self, messages: list[Message], *, timeout: float | None) -> None:
         self._await_replacements()
         deadline = None if timeout is None else time.monotonic() + timeout
-        sizes = deque(batch_sizes(len(messages), len(self.actors)))
+        sizes = deque(batch_sizes(len(messages), len(self.actors), cohorts=self._cohorts))
         contents = _Contents()
         pending: deque[tuple[Message, bool]] = deque((m, False) for m in messages)
         idle = list(range(len(self.actors)))
