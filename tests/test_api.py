@@ -239,3 +239,26 @@ def test_an_interrupted_run_with_objects_resumes_with_them(tmp_path: Path) -> No
     resumed = fedsim.resume(tmp_path / "parts", strategy=FedAvg, participation=odd_even)
     same_model(whole.path, resumed.path)
     assert resumed.central().tolist() == whole.central().tolist()
+
+
+def test_flowers_info_lines_are_out_unless_verbose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    flower = logging.getLogger("flwr")
+    monkeypatch.setattr(flower, "filters", [])  # as in a fresh notebook
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    flower.addHandler(handler)
+    try:
+        scenario = fedsim.Scenario.from_dict(tiny()).with_overrides({"rounds": 2})
+        fedsim.run(scenario, out=tmp_path / "quiet")
+        quiet, seen[:] = list(seen), []
+        fedsim.run(scenario, out=tmp_path / "verbose", verbose=True)
+    finally:
+        flower.removeHandler(handler)
+    assert not [line for line in quiet if "aggregate_train" in line]
+    assert len([line for line in seen if line.startswith("aggregate_train: Received")]) == 2
+    assert flower.filters == []  # the notebook's logging as it was

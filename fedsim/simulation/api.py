@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from fedsim.config import Scenario, override_pairs
 from fedsim.errors import FedsimError
+from fedsim.flower_logs import flower_quieted
 
 if TYPE_CHECKING:
     from fedsim.analysis.runs import Run
@@ -83,6 +84,7 @@ def run(
     trackers: Sequence[str] | None = None,
     on_round_end: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    verbose: bool = False,
 ) -> Run:
     """Run a scenario into ``out`` and return it as :func:`fedsim.analysis.load_run` reads it.
 
@@ -94,7 +96,8 @@ def run(
     extra sinks for the metrics (``[log] trackers``), e.g. ``["tensorboard"]``.
     ``on_round_end(round, central_accuracy)`` is called after every round; setting
     ``stop`` ends the run after the current round with a checkpoint
-    (:class:`~fedsim.errors.RunInterrupted` is raised). Mistakes raise
+    (:class:`~fedsim.errors.RunInterrupted` is raised). ``verbose``: let Flower's INFO
+    lines through (one or two a round), as ``--verbose``. Mistakes raise
     :class:`~fedsim.errors.FedsimError` with the CLI's one-line message.
     """
     from fedsim.analysis.runs import load_run
@@ -112,7 +115,8 @@ def run(
     run_dir = Path(out) if out is not None else default_run_dir(resolved)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FedsimError(f"{run_dir}: run directory exists and is not empty (use --out)")
-    run_scenario(resolved, run_dir, on_round_end=on_round_end, stop=stop)
+    with flower_quieted(not verbose):
+        run_scenario(resolved, run_dir, on_round_end=on_round_end, stop=stop)
     return load_run(run_dir)
 
 
@@ -127,6 +131,7 @@ def run_app(
     trackers: Sequence[str] | None = None,
     on_round_end: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    verbose: bool = False,
 ) -> Run:
     """Run a Flower app project (a folder with Flower's ``pyproject.toml``) on fedsim's
     engine, as ``fedsim run DIR``; returns the run as :func:`fedsim.analysis.load_run`
@@ -136,7 +141,8 @@ def run_app(
     file). ``scenario``: a fedsim TOML overlay for what Flower has no words for
     (``[participation]``, ``[engine]``, ``seed``, ``data.num_clients``), on top of the
     project's ``[tool.fedsim]`` table; ``overrides``: dotted keys on top, as ``--set``.
-    ``engine``: ``"ray"`` (default) or ``"inline"``. ``trackers``: as :func:`run`'s.
+    ``engine``: ``"ray"`` (default) or ``"inline"``. ``trackers``, ``verbose``: as
+    :func:`run`'s.
     Stopping (``stop``) ends the run after the current round; a Flower app's run cannot
     be resumed.
     """
@@ -156,7 +162,8 @@ def run_app(
     run_dir = Path(out) if out is not None else default_run_dir(resolved)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise FedsimError(f"{run_dir}: run directory exists and is not empty (use --out)")
-    run_flower_app(read, resolved, run_dir, RunControl(on_round_end=on_round_end, stop=stop))
+    with flower_quieted(not verbose):
+        run_flower_app(read, resolved, run_dir, RunControl(on_round_end=on_round_end, stop=stop))
     return load_run(run_dir)
 
 
@@ -166,21 +173,24 @@ def resume(
     allow_pickle: bool = False,
     on_round_end: ProgressCallback | None = None,
     stop: threading.Event | None = None,
+    verbose: bool = False,
     **objects: Any,
 ) -> Run:
     """Continue an interrupted run from its checkpoint (``fedsim resume``); returns the run.
 
     A run given building blocks as objects needs them again: ``resume(path,
-    strategy=MyStrategy)``. ``allow_pickle``: as ``--allow-pickle``.
+    strategy=MyStrategy)``. ``allow_pickle``: as ``--allow-pickle``; ``verbose``: as
+    :func:`run`'s.
     """
     from fedsim.analysis.runs import load_run
     from fedsim.simulation.entry import resume_run
 
-    resume_run(
-        Path(run_dir),
-        on_round_end=on_round_end,
-        stop=stop,
-        allow_pickle=allow_pickle,
-        objects=objects,
-    )
+    with flower_quieted(not verbose):
+        resume_run(
+            Path(run_dir),
+            on_round_end=on_round_end,
+            stop=stop,
+            allow_pickle=allow_pickle,
+            objects=objects,
+        )
     return load_run(run_dir)

@@ -57,7 +57,7 @@ from fedsim.config import (
     scenario_from_dict,
 )
 from fedsim.errors import FedsimError, ScenarioError
-from fedsim.flower_logs import quiet_flower
+from fedsim.flower_logs import flower_quieted, quiet_flower
 from fedsim.results import SCENARIO_FILE, SUMMARY_FILE, SWEEP_MANIFEST, atomic_write_bytes
 
 SWEEP_KEYS = ("grid", "seeds")
@@ -697,6 +697,7 @@ def sweep(
     overrides: Mapping[str, Any] | Sequence[str] = (),
     parallel: int = 1,
     on_event: Callable[[SweepEvent], None] | None = None,
+    verbose: bool = False,
 ) -> SweepOutcome:
     """Run ``scenario`` over ``grid`` × ``seeds``, one run directory each, under ``out``.
 
@@ -706,7 +707,7 @@ def sweep(
     ``directory`` loads with :func:`fedsim.analysis.load_sweep`. ``parallel``: runs
     at a time (worker processes; 1 when the scenario holds Python objects).
     ``scenario`` may be a plan from :func:`plan_sweep` (then the other
-    planning arguments are not taken).
+    planning arguments are not taken). ``verbose``: let Flower's INFO lines through.
     """
     if isinstance(scenario, SweepPlan):
         if grid is not None or seeds is not None or out is not None or overrides:
@@ -714,4 +715,5 @@ def sweep(
         planned = scenario
     else:
         planned = plan_sweep(scenario, grid=grid, seeds=seeds, overrides=overrides, out=out)
-    return run_sweep(planned, parallel=parallel, on_event=on_event)
+    with flower_quieted(not verbose):
+        return run_sweep(planned, parallel=parallel, on_event=on_event)
