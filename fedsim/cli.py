@@ -150,7 +150,7 @@ def run(
         quiet_flower()
     trackers = ["log.trackers=" + json.dumps(list(log))] if log else []
     if is_flower_project(scenario):
-        _run_app(scenario, out, engine, run_config, overlay, [*(set_ or []), *trackers])
+        _run_app(scenario, out, engine, run_config, overlay, [*(set_ or []), *trackers], verbose)
         return
     if run_config or overlay is not None:
         _fail(FedsimError(f"{scenario}: --run-config and --scenario are for Flower app folders"))
@@ -183,7 +183,9 @@ def run(
             started = time.perf_counter()
             try:
                 with _stop_on_ctrl_c() as stop:
-                    finished = api.run(loaded, out=run_dir, on_round_end=on_round_end, stop=stop)
+                    finished = api.run(
+                        loaded, out=run_dir, on_round_end=on_round_end, stop=stop, verbose=verbose
+                    )
                     summary = finished.summary or {}
             except RunInterrupted:
                 raise
@@ -218,6 +220,7 @@ def _run_app(
     run_config: list[str] | None,
     overlay: Path | None,
     overrides: list[str] | None,
+    verbose: bool,
 ) -> None:
     """``fedsim run DIR`` for a Flower app project, with a progress line."""
     from fedsim.errors import RunInterrupted
@@ -253,6 +256,7 @@ def _run_app(
                     overrides=overrides,
                     on_round_end=on_round_end,
                     stop=stop,
+                    verbose=verbose,
                 )
         finally:
             bar.stop()
@@ -311,7 +315,11 @@ def resume(
             try:
                 with _stop_on_ctrl_c() as stop:
                     resumed = api.resume(
-                        run_dir, on_round_end=on_round_end, stop=stop, allow_pickle=allow_pickle
+                        run_dir,
+                        on_round_end=on_round_end,
+                        stop=stop,
+                        allow_pickle=allow_pickle,
+                        verbose=verbose,
                     )
                     summary = resumed.summary or {}
             except FedsimError:
@@ -514,7 +522,7 @@ def sweep(
 
             try:
                 with _interrupt_on_ctrl_c(requested):
-                    outcome = api.sweep(plan, parallel=parallel, on_event=on_event)
+                    outcome = api.sweep(plan, parallel=parallel, on_event=on_event, verbose=verbose)
             except KeyboardInterrupt:
                 progress.stop()
                 console.print(

@@ -154,10 +154,12 @@ def test_trackers_write_files_their_readers_read(tmp_path: Path) -> None:
 def test_cli_log_flag(tmp_path: Path) -> None:
     path = tmp_path / "tiny.toml"
     path.write_text(tomli_w.dumps({**tiny(), "rounds": 1}))
-    result = run_cli("run", str(path), "--out", "r", "--log", "jsonl", cwd=tmp_path)
+    result = run_cli("run", str(path), "--out", "r", "--log", "jsonl", "--verbose", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "r" / "logs" / "metrics.jsonl").is_file()
     assert fedsim.load_run(tmp_path / "r").config["log"] == {"trackers": ["jsonl"]}
+    # --verbose lets Flower's INFO lines through (they are off by default)
+    assert "aggregate_train: Received" in result.stdout + result.stderr
 
 
 def test_lr_search_script_stops_early(tmp_path: Path) -> None:
