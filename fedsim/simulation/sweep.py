@@ -707,7 +707,8 @@ def sweep(
     ``directory`` loads with :func:`fedsim.analysis.load_sweep`. ``parallel``: runs
     at a time (worker processes; 1 when the scenario holds Python objects).
     ``scenario`` may be a plan from :func:`plan_sweep` (then the other
-    planning arguments are not taken). ``verbose``: let Flower's INFO lines through.
+    planning arguments are not taken). ``verbose``: let Flower's INFO lines through (of
+    the runs in this process; worker processes keep them out).
     """
     if isinstance(scenario, SweepPlan):
         if grid is not None or seeds is not None or out is not None or overrides:
