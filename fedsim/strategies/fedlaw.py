@@ -63,6 +63,7 @@ __all__ = [
     "FedLAW",
     "ModelSplit",
     "ServerFit",
+    "ServerModel",
     "ServerSettings",
     "aggregate",
     "class_balanced_indices",
@@ -213,6 +214,23 @@ class ModelSplit:
             for name, piece, is_param in zip(self.names, pieces, self.is_parameter, strict=True)
         ]
         return torch.cat([part.reshape(-1) for part in parts])
+
+
+class ServerModel:
+    """The run's model on the server, for passes over the proxy set: built by ``factory``
+    on first use, gradients off (the passes differentiate the vector, not the module), and
+    built again should the global model's layout change; with its parameter/buffer split.
+    FedLAW and the FedAvg + proxy baseline share it."""
+
+    def __init__(self, factory: Callable[[], torch.nn.Module], device: torch.device) -> None:
+        self.factory, self.device = factory, device
+        self._built: tuple[torch.nn.Module, ModelSplit] | None = None
+
+    def of(self, layout: Layout) -> tuple[torch.nn.Module, ModelSplit]:
+        if self._built is None or self._built[1].names != layout.names:
+            model = self.factory().to(self.device).requires_grad_(False)
+            self._built = (model, ModelSplit.of(layout, model))
+        return self._built
 
 
 @dataclass(frozen=True)
@@ -372,20 +390,10 @@ class FedLAW(ServerUpdateStrategy):
             raise ValueError("FedLAW needs the run's model (model_factory): add a [model] table")
         if proxy_data is None:
             raise ValueError("FedLAW needs a server proxy set (proxy_data)")
-        self.model_factory = model_factory
         self.proxy_data = _check_proxy(proxy_data)
-        self._model: torch.nn.Module | None = None
-        self._split: ModelSplit | None = None
+        self._server_model = ServerModel(model_factory, self.device)
         self._proxy: tuple[torch.Tensor, torch.Tensor] | None = None
         self._server_metrics: dict[str, float] = {}
-
-    def _prepare(self, layout: Layout) -> tuple[torch.nn.Module, ModelSplit]:
-        if self._model is None or self._split is None or self._split.names != layout.names:
-            model = self.model_factory().to(self.device)
-            model.requires_grad_(False)
-            self._split = ModelSplit.of(layout, model)
-            self._model = model
-        return self._model, self._split
 
     def _proxy_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._proxy is None:
@@ -414,7 +422,7 @@ class FedLAW(ServerUpdateStrategy):
         if not node_ids:
             return None
         assert self._global is not None
-        model, split = self._prepare(Layout.of(self._global))
+        model, split = self._server_model.of(Layout.of(self._global))
         p = torch.as_tensor(
             size_weights(num_examples), dtype=client_vectors.dtype, device=self.device
         )

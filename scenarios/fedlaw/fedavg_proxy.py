@@ -29,7 +29,7 @@ from torch.func import functional_call
 from fedsim.arrays import Layout
 from fedsim.seeding import torch_generator
 from fedsim.strategies.base import ServerUpdateStrategy
-from fedsim.strategies.fedlaw import ModelSplit, size_weights
+from fedsim.strategies.fedlaw import ModelSplit, ServerModel, size_weights
 
 
 def fine_tune(
@@ -101,14 +101,12 @@ class FedAvgProxy(ServerUpdateStrategy):
             float(server_lr),
             batch_size,
         )
-        self.model_factory = model_factory
         x, y = (np.asarray(part) for part in proxy_data)
         self.proxy = (
             torch.tensor(x.astype(np.float32), device=self.device),
             torch.tensor(y.astype(np.int64), device=self.device),
         )
-        self._model: torch.nn.Module | None = None
-        self._split: ModelSplit | None = None
+        self._server_model = ServerModel(model_factory, self.device)
 
     def server_update(
         self,
@@ -121,19 +119,16 @@ class FedAvgProxy(ServerUpdateStrategy):
         if not node_ids:
             return None
         assert self._global is not None
-        layout = Layout.of(self._global)
-        if self._model is None or self._split is None or self._split.names != layout.names:
-            self._model = self.model_factory().to(self.device).requires_grad_(False)
-            self._split = ModelSplit.of(layout, self._model)
+        model, split = self._server_model.of(Layout.of(self._global))
         weights = torch.as_tensor(
             size_weights(num_examples), dtype=client_vectors.dtype, device=self.device
         )
         mean = weights @ client_vectors
         return fine_tune(
-            self._model,
-            self._split,
+            model,
+            split,
             mean,
-            self._split.buffers(global_vector),
+            split.buffers(global_vector),
             self.proxy,
             epochs=self.server_epochs,
             lr=self.server_lr,
