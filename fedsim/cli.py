@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -50,6 +50,21 @@ INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
 
 
 @contextlib.contextmanager
+def _on_ctrl_c(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """``handler`` answers Ctrl-C inside the block; outside the main thread no handler can
+    be set, and Ctrl-C keeps its default."""
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def _stop_on_ctrl_c() -> Iterator[threading.Event]:
     """First Ctrl-C sets the event (the run stops after its round); a second one aborts."""
     stop = threading.Event()
@@ -60,19 +75,11 @@ def _stop_on_ctrl_c() -> Iterator[threading.Event]:
         stop.set()
         console.print("stopping after this round (Ctrl-C again to abort now)", highlight=False)
 
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: no handler, Ctrl-C keeps its default
+    with _on_ctrl_c(handler):
         yield stop
-        return
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
-@contextlib.contextmanager
-def _interrupt_on_ctrl_c(requested: threading.Event) -> Iterator[None]:
+def _interrupt_on_ctrl_c(requested: threading.Event) -> contextlib.AbstractContextManager[None]:
     """Ctrl-C raises KeyboardInterrupt, as by default, and sets ``requested``: Python
     drops an exception raised while a finaliser or ``__del__`` runs (Ray's object
     references have them), so a caller that checks the event between steps does not
@@ -82,15 +89,7 @@ def _interrupt_on_ctrl_c(requested: threading.Event) -> Iterator[None]:
         requested.set()
         raise KeyboardInterrupt
 
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: Ctrl-C keeps its default
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return _on_ctrl_c(handler)
 
 
 def _interrupted(message: str) -> None:
