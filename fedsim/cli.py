@@ -9,7 +9,6 @@ with code 130, saying how to resume.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 import threading
@@ -147,7 +146,7 @@ def run(
 
     if not verbose:
         quiet_flower()
-    trackers = ["log.trackers=" + json.dumps(list(log))] if log else []
+    trackers = api.tracker_overrides(log)
     if is_flower_project(scenario):
         _run_app(scenario, out, engine, run_config, overlay, [*(set_ or []), *trackers], verbose)
         return

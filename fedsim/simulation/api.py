@@ -62,10 +62,10 @@ def _scenario(
     return scenario
 
 
-def _tracker_overrides(trackers: Sequence[str] | None) -> list[str]:
+def tracker_overrides(trackers: Sequence[str] | None) -> list[str]:
     """``trackers`` as the ``--set`` line ``--log`` makes.
 
-    >>> _tracker_overrides(["jsonl", "wandb"]), _tracker_overrides(None)
+    >>> tracker_overrides(["jsonl", "wandb"]), tracker_overrides(None)
     (['log.trackers=["jsonl", "wandb"]'], [])
     """
     return [f"log.trackers={json.dumps(list(trackers))}"] if trackers else []
@@ -156,7 +156,7 @@ def run_app(
         project_dir,
         run_config=list(run_config or []),
         overlay=Path(scenario) if scenario is not None else None,
-        overrides=[*(overrides or []), *_tracker_overrides(trackers)],
+        overrides=[*(overrides or []), *tracker_overrides(trackers)],
     )
     resolved = app_scenario(read, engine)
     run_dir = Path(out) if out is not None else default_run_dir(resolved)
