@@ -157,7 +157,7 @@ def _cohort_counts(grids: list[Any]) -> dict[str, Any] | None:
 def _plain(prepared: RunSetup, device: str, clock: RoundEnds) -> dict[str, Any]:
     if device == "cpu":
         # The threads fedsim's ClientApp takes on a CPU: one per CPU of a worker.
-        torch.set_num_threads(max(1, int(prepared.scenario.engine.num_cpus_per_client)))
+        torch.set_num_threads(prepared.scenario.engine.cpu_threads)
     sync = torch.cuda.synchronize if device == "cuda" else None
     started = time.perf_counter()
     state, times = run_plain(prepared, on_round_end=clock, sync=sync)

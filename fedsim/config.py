@@ -152,6 +152,11 @@ class EngineConfig:
     # Join a Ray cluster (or use a runtime) that has no token authentication.
     allow_unauthenticated_cluster: bool = False
 
+    @property
+    def cpu_threads(self) -> int:
+        """The threads a worker trains on, on a CPU: its whole CPUs, at least one."""
+        return max(1, int(self.num_cpus_per_client))
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:

@@ -409,7 +409,7 @@ def _fedsim_app(scenario: Scenario, store: ClientDataStore) -> ClientApp:
             weight_decay=client.weight_decay,
             eval_batch_size=scenario.evaluate.batch_size,
             device=client.device,
-            cpu_threads=max(1, int(scenario.engine.num_cpus_per_client)),
+            cpu_threads=scenario.engine.cpu_threads,
         )
     )
 
