@@ -388,3 +388,34 @@ def test_inline_sweep_runs_side_by_side_without_ray(tmp_path: Path) -> None:
     swept = np.load(out / "seed=2" / "final_model.npz")
     reference = np.load(alone_dir / "final_model.npz")
     assert all(swept[k].tobytes() == reference[k].tobytes() for k in reference.files)
+
+
+def test_a_ctrl_c_whose_interrupt_was_dropped_still_stops_the_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python drops an exception raised inside a finaliser: a Ctrl-C landing there must
+    still end the sweep, at its next event, with the interrupted exit."""
+    import fedsim.api
+    from fedsim.simulation.sweep import SweepEvent
+
+    events: list[str] = []
+
+    def sweep(plan: Any, *, on_event: Any, **_: Any) -> Any:
+        point = plan.points[0]
+        on_event(SweepEvent("start", point, 0, len(plan.points)))
+        events.append("started")
+        try:  # the Ctrl-C arrives while a finaliser runs, which swallows the interrupt
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # type: ignore[operator]
+        except KeyboardInterrupt:
+            events.append("dropped")
+        on_event(SweepEvent("done", point, 0, len(plan.points)))
+        events.append("went on")  # must not be reached
+        raise AssertionError("the sweep went on after Ctrl-C")
+
+    monkeypatch.setattr(fedsim.api, "sweep", sweep)
+    path = write_scenario(tmp_path, BASE)
+    out = str(tmp_path / "o")
+    done = CliRunner().invoke(app, ["sweep", str(path), "--grid", GRID[0], "--out", out])
+    assert events == ["started", "dropped"]
+    assert done.exit_code == 130, done.output
+    assert "run the same command again to continue" in done.output
